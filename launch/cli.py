@@ -1,0 +1,85 @@
+"""The ``pretrain`` command line.
+
+Each subcommand lives in the package that owns its logic, in a module with two functions:
+``add_arguments(parser)`` (cheap: no heavy imports at module level) and ``run(args) -> int``.
+A subcommand whose module is not there yet says so and exits 2; none pretends to work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# (words, module, one-line help)
+COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
+    (("data", "commoncrawl"), "data_pipeline.text.cli", "Common Crawl WARC/WET -> tokenized WebDataset shards (Ray)"),
+    (("data", "imagenet"), "data_pipeline.imagenet.cli", "ImageNet folders or tars -> labelled WebDataset shards (Ray)"),
+    (("data", "inspect"), "data_pipeline.inspect_cli", "summarise a shard directory: manifest, counts, one decoded sample"),
+    (("train",), "pretrain.train_cli", "train GPT, BERT or ViT with DeepSpeed from a config"),
+    (("launch",), "launch.launchers", "start a training job locally, on a hostfile, torchrun, SLURM, Ray or Kubernetes"),
+    (("export",), "pretrain.export_cli", "export a training checkpoint to a Hugging Face directory or safetensors"),
+    (("import-hf",), "pretrain.import_cli", "import a Hugging Face model directory as a checkpoint to continue from"),
+    (("sweep",), "pretrain.scaling.sweep_cli", "run a scaling-law sweep as MLflow parent/child runs"),
+    (("scaling", "fit"), "pretrain.scaling.fit_cli", "fit L(N, D) to sweep results and plot it"),
+    (("config", "show"), "launch.config_cli", "print the resolved config and the DeepSpeed JSON"),
+]
+
+EXIT_USAGE = 2
+
+
+def _load(module: str):
+    """The command module, or None when it has not been written yet (a real import error inside
+    an existing module is not hidden)."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and (module == e.name or module.startswith(e.name + ".")):
+            return None
+        raise
+
+
+def _not_built(words: tuple[str, ...]):
+    def run(args) -> int:
+        print(f"pretrain {' '.join(words)}: not built yet", file=sys.stderr)
+        return EXIT_USAGE
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pretrain", description="Distributed pretraining: data, training, export.")
+    groups: dict[str, argparse._SubParsersAction] = {}
+    top = parser.add_subparsers(dest="command", metavar="COMMAND")
+    top.required = True
+    groups[""] = top
+    for words, module, help_text in COMMANDS:
+        parent = ""
+        for depth, word in enumerate(words[:-1]):
+            key = " ".join(words[: depth + 1])
+            if key not in groups:
+                sub = groups[parent].add_parser(word, help=f"{word} commands")
+                groups[key] = sub.add_subparsers(dest=f"sub_{depth}", metavar="SUBCOMMAND")
+                groups[key].required = True
+            parent = key
+        mod = _load(module)
+        text = help_text if mod is not None else f"{help_text} (not built yet)"
+        p = groups[parent].add_parser(words[-1], help=text, description=text)
+        if mod is None:
+            p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+            p.set_defaults(_run=_not_built(words))
+        else:
+            mod.add_arguments(p)
+            p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    code = args._run(args)
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

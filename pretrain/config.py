@@ -1,0 +1,473 @@
+"""The typed experiment config: one schema, loaded from YAML, overridden with ``key.path=value``.
+
+Every section refuses unknown keys. Cross-field rules live in validators so that a bad config
+fails in ``load_config`` -- before any process is spawned -- with the field path, the bad value
+and what is allowed (``ConfigError``). ``deepspeed_config`` turns a resolved config plus a world
+size into the JSON DeepSpeed takes.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config that cannot run. ``str()`` is one line per problem: ``path: message``."""
+
+    def __init__(self, problems: list[tuple[str, Any, str]]):
+        self.problems = problems
+        lines = [f"{path}: got {value!r}; {msg}" for path, value, msg in problems]
+        super().__init__("invalid config:\n  " + "\n  ".join(lines))
+
+
+class _FieldError(ValueError):
+    """Raised inside validators. pydantic keeps only ``str(exc)``, so the path, value and rule
+    travel encoded in it; ``config_from_dict`` decodes them into a ``ConfigError``."""
+
+    def __init__(self, path: str, value: Any, allowed: str):
+        self.problem = (path, value, allowed)
+        super().__init__(f"@@{path}@@{value!r}@@{allowed}")
+
+
+def _fail(path: str, value: Any, allowed: str):
+    raise _FieldError(path, value, allowed)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# model
+# ----------------------------------------------------------------------------------------------
+class ModelConfig(Section):
+    """Architecture. One flat section for all families; family-specific fields are ignored elsewhere."""
+
+    family: Literal["gpt", "bert", "vit"] = "gpt"
+    vocab_size: int = Field(512, ge=1)  # text families; padded to a multiple of pad_vocab_multiple
+    pad_vocab_multiple: int = Field(1, ge=1)  # Megatron's make-vocab-size-divisible-by
+    hidden_size: int = Field(64, ge=1)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    num_kv_heads: int | None = Field(None, ge=1)  # grouped-query attention; None = num_heads
+    ffn_hidden_size: int | None = Field(None, ge=1)  # None = 4 x hidden (GELU) or Llama's 8/3 rule
+    max_seq_len: int = Field(128, ge=1)
+    position: Literal["learned", "rope", "none"] = "learned"
+    rope_theta: float = Field(10000.0, gt=0)
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm_eps: float = Field(1e-5, gt=0)
+    norm_position: Literal["pre", "post"] = "pre"
+    activation: Literal["gelu", "gelu_tanh", "swiglu"] = "gelu"
+    bias: bool = True
+    dropout: float = Field(0.0, ge=0, lt=1)
+    attention_dropout: float = Field(0.0, ge=0, lt=1)
+    tie_embeddings: bool = True
+    init_std: float = Field(0.02, gt=0)
+    scaled_residual_init: bool = True  # GPT-2: residual projections scaled by 1/sqrt(2 * layers)
+    # BERT
+    type_vocab_size: int = Field(2, ge=0)
+    # ViT
+    image_size: int = Field(224, ge=1)
+    patch_size: int = Field(16, ge=1)
+    num_channels: int = Field(3, ge=1)
+    num_classes: int = Field(1000, ge=1)
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = self.pad_vocab_multiple
+        return ((self.vocab_size + m - 1) // m) * m
+
+    @property
+    def ffn_size(self) -> int:
+        if self.ffn_hidden_size is not None:
+            return self.ffn_hidden_size
+        if self.activation == "swiglu":  # Llama: 2/3 of 4h, rounded up to a multiple of 256
+            return ((int(8 * self.hidden_size / 3) + 255) // 256) * 256
+        return 4 * self.hidden_size
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.hidden_size % self.num_heads:
+            _fail("model.num_heads", self.num_heads, f"must divide model.hidden_size={self.hidden_size}")
+        if self.num_heads % self.kv_heads:
+            _fail("model.num_kv_heads", self.num_kv_heads, f"must divide model.num_heads={self.num_heads}")
+        if self.position == "rope" and self.head_dim % 2:
+            _fail("model.hidden_size", self.hidden_size, "rope needs an even head dimension")
+        if self.family == "vit":
+            if self.image_size % self.patch_size:
+                _fail("model.patch_size", self.patch_size, f"must divide model.image_size={self.image_size}")
+        if self.family == "bert" and self.norm_position != "post" and self.position == "rope":
+            pass  # allowed: modern BERT variants
+        return self
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+# ----------------------------------------------------------------------------------------------
+class DataConfig(Section):
+    """Where batches come from. ``path`` is a shard directory holding ``manifest.json``."""
+
+    source: Literal["shards", "synthetic"] = "synthetic"
+    path: str | None = None
+    seq_len: int = Field(128, ge=2)  # text window; must fit model.max_seq_len
+    num_workers: int = Field(0, ge=0)
+    shuffle_buffer: int = Field(1000, ge=0)
+    mlm_probability: float = Field(0.15, gt=0, lt=1)  # BERT
+    image_size: int | None = Field(None, ge=1)  # ViT train/eval crop; None = model.image_size
+    crop_scale_min: float = Field(0.08, gt=0, le=1)  # RandomResizedCrop lower bound
+    hflip: bool = True
+    synthetic_samples: int = Field(4096, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.source == "shards" and not self.path:
+            _fail("data.path", self.path, "a shard directory with manifest.json is required when data.source=shards")
+        return self
+
+
+# ----------------------------------------------------------------------------------------------
+# optimisation
+# ----------------------------------------------------------------------------------------------
+class OptimConfig(Section):
+    name: Literal["adamw"] = "adamw"
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0)
+    grad_clip: float = Field(1.0, ge=0)  # 0 disables clipping
+    decay_norms: bool = False
+    decay_biases: bool = False
+    decay_embeddings: bool = False
+
+    @model_validator(mode="after")
+    def _check(self):
+        for i, b in enumerate(self.betas):
+            if not 0 <= b < 1:
+                _fail(f"optim.betas.{i}", b, "each beta must be in [0, 1)")
+        return self
+
+
+class ScheduleConfig(Section):
+    kind: Literal["cosine", "linear", "constant", "wsd"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    decay_fraction: float = Field(0.2, gt=0, le=1)  # WSD: final fraction of steps spent decaying
+
+
+class TrainConfig(Section):
+    steps: int = Field(100, ge=1)
+    micro_batch_size: int = Field(4, ge=1)
+    global_batch_size: int | None = Field(None, ge=1)  # None = micro x data-parallel (no accumulation)
+    seed: int = 1234
+    log_every: int = Field(10, ge=1)
+    eval_every: int = Field(0, ge=0)  # 0 = no periodic evaluation
+    eval_steps: int = Field(10, ge=1)
+    run_dir: str = "runs/default"
+    max_nonfinite_in_row: int = Field(5, ge=1)
+
+
+class ParallelConfig(Section):
+    tensor_size: int = Field(1, ge=1)
+    zero_stage: int = 0
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    activation_checkpointing: bool = False
+    world_size: int | None = Field(None, ge=1)  # expected ranks; None = taken from the launcher
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.zero_stage not in (0, 1, 2, 3):
+            _fail("parallel.zero_stage", self.zero_stage, "allowed: 0, 1, 2, 3")
+        if self.offload_params and self.zero_stage != 3:
+            _fail("parallel.offload_params", True, f"parameter offload needs parallel.zero_stage=3 (have {self.zero_stage})")
+        if self.offload_optimizer and self.zero_stage == 0:
+            _fail("parallel.offload_optimizer", True, "optimizer offload needs parallel.zero_stage >= 1")
+        if self.world_size is not None and self.world_size % self.tensor_size:
+            _fail("parallel.world_size", self.world_size, f"must be a multiple of parallel.tensor_size={self.tensor_size}")
+        return self
+
+
+class CheckpointConfig(Section):
+    every: int = Field(0, ge=0)  # 0 = only at the end (and on SIGTERM/SIGUSR1)
+    keep_last: int = Field(2, ge=1)
+    resume: str | None = None  # None, "auto" (latest under run_dir) or a checkpoint directory
+    init_from: str | None = None  # weights only (import-hf output or another checkpoint)
+
+
+class TrackingConfig(Section):
+    enabled: bool = True
+    uri: str | None = None  # None = $MLFLOW_TRACKING_URI or sqlite:///mlflow.db
+    experiment: str = "pretrain"
+    run_name: str | None = None
+    system_metrics: bool = False
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------
+# root
+# ----------------------------------------------------------------------------------------------
+class Config(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    deepspeed: dict[str, Any] = Field(default_factory=dict)  # raw keys, merged last
+
+    @model_validator(mode="after")
+    def _check(self):
+        m, p, d = self.model, self.parallel, self.data
+        if m.family != "vit":
+            if m.padded_vocab_size % p.tensor_size:
+                _fail("model.vocab_size", m.vocab_size,
+                      f"padded vocabulary must be divisible by parallel.tensor_size={p.tensor_size} "
+                      f"(set model.pad_vocab_multiple, e.g. {128 * p.tensor_size})")
+            if d.seq_len > m.max_seq_len:
+                _fail("data.seq_len", d.seq_len, f"must be <= model.max_seq_len={m.max_seq_len}")
+        if m.num_heads % p.tensor_size:
+            _fail("model.num_heads", m.num_heads, f"must be divisible by parallel.tensor_size={p.tensor_size}")
+        if m.kv_heads % p.tensor_size:
+            _fail("model.num_kv_heads", m.kv_heads, f"must be divisible by parallel.tensor_size={p.tensor_size}")
+        if m.ffn_size % p.tensor_size:
+            _fail("model.ffn_hidden_size", m.ffn_size, f"must be divisible by parallel.tensor_size={p.tensor_size}")
+        if p.world_size is not None:
+            _dp_size(self, p.world_size)  # raises on a batch that does not split
+        _check_deepspeed_passthrough(self)
+        return self
+
+
+def _check_deepspeed_passthrough(cfg: Config) -> None:
+    raw = cfg.deepspeed
+    for key in ("fp16", "bf16"):
+        if key in raw and not isinstance(raw[key], dict):
+            _fail(f"deepspeed.{key}", raw[key], "must be a mapping such as {enabled: true}")
+    fp16 = raw.get("fp16", {}).get("enabled", cfg.parallel.precision == "fp16")
+    bf16 = raw.get("bf16", {}).get("enabled", cfg.parallel.precision == "bf16")
+    if fp16 and bf16:
+        _fail("deepspeed.bf16.enabled", True, "bf16 and fp16 are exclusive; choose one with parallel.precision")
+    zero = raw.get("zero_optimization", {})
+    if isinstance(zero, dict) and "stage" in zero and zero["stage"] != cfg.parallel.zero_stage:
+        _fail("deepspeed.zero_optimization.stage", zero["stage"],
+              f"conflicts with parallel.zero_stage={cfg.parallel.zero_stage}; set parallel.zero_stage instead")
+
+
+# ----------------------------------------------------------------------------------------------
+# batch arithmetic
+# ----------------------------------------------------------------------------------------------
+def dp_size(cfg: Config, world_size: int) -> int:
+    """Data-parallel size for ``world_size`` ranks, checking the batch identity splits evenly."""
+    try:
+        return _dp_size(cfg, world_size)
+    except _FieldError as e:
+        raise ConfigError([e.problem]) from None
+
+
+def grad_accum_steps(cfg: Config, dp: int) -> int:
+    """global batch = micro batch x gradient accumulation x data-parallel size."""
+    try:
+        return _grad_accum_steps(cfg, dp)
+    except _FieldError as e:
+        raise ConfigError([e.problem]) from None
+
+
+def _dp_size(cfg: Config, world_size: int) -> int:
+    tp = cfg.parallel.tensor_size
+    if world_size % tp:
+        _fail("parallel.tensor_size", tp, f"must divide the world size {world_size}")
+    dp = world_size // tp
+    _grad_accum_steps(cfg, dp)
+    return dp
+
+
+def _grad_accum_steps(cfg: Config, dp: int) -> int:
+    micro, glob = cfg.train.micro_batch_size, cfg.train.global_batch_size
+    if glob is None:
+        return 1
+    if glob % (micro * dp):
+        _fail("train.global_batch_size", glob,
+              f"must be a multiple of train.micro_batch_size x data-parallel size = {micro} x {dp} = {micro * dp}")
+    return glob // (micro * dp)
+
+
+def global_batch(cfg: Config, dp: int) -> int:
+    return cfg.train.micro_batch_size * grad_accum_steps(cfg, dp) * dp
+
+
+# ----------------------------------------------------------------------------------------------
+# loading, overrides, printing
+# ----------------------------------------------------------------------------------------------
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a","b","c"], value); values are YAML, so 3, 1e-4, [1, 2], null, true work."""
+    if "=" not in text:
+        raise ConfigError([(text, text, "an override must look like key.path=value")])
+    key, _, raw = text.partition("=")
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError([(text, text, "an override needs a key before '='")])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError([(key, raw, f"not a YAML value ({e.problem})")]) from None
+    return path, value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    out = copy.deepcopy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for i, part in enumerate(path[:-1]):
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            elif not isinstance(nxt, dict):
+                raise ConfigError([(".".join(path[: i + 1]), nxt, "is a value, not a section; cannot set a key inside it")])
+            node = nxt
+        node[path[-1]] = value
+    return out
+
+
+def _problems(err: ValidationError) -> list[tuple[str, Any, str]]:
+    problems = []
+    for e in err.errors():
+        msg = str(e.get("msg", ""))
+        if "@@" in msg:  # raised by _fail: carries its own path
+            _, path, value, allowed = msg.split("@@", 3)
+            problems.append((path, _Raw(value), allowed))
+            continue
+        loc = ".".join(str(x) for x in e["loc"])
+        if e["type"] == "extra_forbidden":
+            section = e["loc"][:-1]
+            known = _known_fields(section)
+            msg = f"unknown key; allowed keys here: {', '.join(known)}"
+        elif e["type"] == "literal_error":
+            msg = f"allowed: {e.get('ctx', {}).get('expected', msg)}"
+        else:
+            msg = f"{msg} (expected {e['type'].split('_')[0]})" if e["type"].endswith("_parsing") else msg
+        problems.append((loc, e.get("input"), msg))
+    return problems
+
+
+class _Raw(str):
+    """A value already rendered with repr, shown as is."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _known_fields(loc: tuple) -> list[str]:
+    model: Any = Config
+    for part in loc:
+        field = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return []
+        model = field.annotation
+    return sorted(model.model_fields)
+
+
+def config_from_dict(data: dict | None, overrides: list[str] = ()) -> Config:
+    data = apply_overrides(data or {}, list(overrides))
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_problems(e)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read YAML (or nothing, for the built-in default), apply overrides, validate."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError([("CONFIG", str(p), "no such file")])
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError([("CONFIG", str(p), f"not valid YAML: {e}")]) from None
+        if not isinstance(data, dict):
+            raise ConfigError([("CONFIG", str(p), "the top level must be a mapping of sections")])
+    return config_from_dict(data, overrides)
+
+
+def to_dict(cfg: Config) -> dict:
+    return cfg.model_dump(mode="json")
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; used for MLflow params."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# DeepSpeed JSON
+# ----------------------------------------------------------------------------------------------
+def _merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def deepspeed_config(cfg: Config, world_size: int) -> dict:
+    """The DeepSpeed JSON for ``world_size`` ranks. The optimizer and scheduler are built by us, so
+    only batch, precision, ZeRO, clipping and logging keys are set here; ``cfg.deepspeed`` wins."""
+    p = cfg.parallel
+    dp = dp_size(cfg, world_size)
+    accum = grad_accum_steps(cfg, dp)
+    ds: dict[str, Any] = {
+        "train_batch_size": cfg.train.micro_batch_size * accum * dp,
+        "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
+        "gradient_accumulation_steps": accum,
+        "gradient_clipping": cfg.optim.grad_clip,
+        "steps_per_print": 10**9,  # we log ourselves
+        "wall_clock_breakdown": False,
+        "zero_allow_untested_optimizer": True,
+        "zero_optimization": {"stage": p.zero_stage},
+        "bf16": {"enabled": p.precision == "bf16"},
+        "fp16": {"enabled": p.precision == "fp16"},
+    }
+    if p.precision == "fp16":
+        ds["fp16"].update({"loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
+                           "hysteresis": 2, "min_loss_scale": 1})
+    zero = ds["zero_optimization"]
+    if p.zero_stage >= 1:
+        zero.update({"reduce_bucket_size": 5e8, "contiguous_gradients": True, "overlap_comm": False})
+    if p.zero_stage >= 2:
+        zero["allgather_bucket_size"] = 5e8
+    if p.zero_stage == 3:
+        zero.update({"stage3_gather_16bit_weights_on_model_save": False, "stage3_param_persistence_threshold": 0})
+    if p.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+    if p.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": False}
+    if p.activation_checkpointing:
+        ds["activation_checkpointing"] = {"partition_activations": False, "contiguous_memory_optimization": False}
+    return _merge(ds, cfg.deepspeed)
