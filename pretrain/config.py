@@ -390,19 +390,33 @@ def config_from_dict(data: dict | None, overrides: list[str] = ()) -> Config:
         raise ConfigError(_problems(e)) from None
 
 
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A YAML config as a dict, with its ``include: [files]`` merged underneath it (paths relative
+    to the including file; later includes and the file itself win)."""
+    if not path.is_file():
+        raise ConfigError([("CONFIG", str(path), "no such file")])
+    if path.resolve() in seen:
+        raise ConfigError([("include", str(path), "includes itself (cycle)")])
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError([("CONFIG", str(path), f"not valid YAML: {e}")]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([("CONFIG", str(path), "the top level must be a mapping of sections")])
+    includes = data.pop("include", None) or []
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list):
+        raise ConfigError([("include", includes, "a list of YAML files relative to this one")])
+    merged: dict = {}
+    for inc in includes:
+        merged = _merge(merged, _read_yaml(path.parent / str(inc), seen + (path.resolve(),)))
+    return _merge(merged, data)
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """Read YAML (or nothing, for the built-in default), apply overrides, validate."""
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError([("CONFIG", str(p), "no such file")])
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError([("CONFIG", str(p), f"not valid YAML: {e}")]) from None
-        if not isinstance(data, dict):
-            raise ConfigError([("CONFIG", str(p), "the top level must be a mapping of sections")])
+    data = _read_yaml(Path(path)) if path is not None else {}
     return config_from_dict(data, overrides)
 
 
