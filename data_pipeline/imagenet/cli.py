@@ -1,0 +1,61 @@
+"""``pretrain data imagenet``: ImageNet folders or ILSVRC tars -> labelled WebDataset shards on Ray.
+
+Example::
+
+    pretrain data imagenet --input /data/imagenet --out /data/shards/imagenet --split train,val \\
+        --max-size 512 --shard-size 1000 --num-cpus 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", required=True,
+                        help="dataset root (train/, val/, ILSVRC2012_img_train.tar, Kaggle ILSVRC/Data/CLS-LOC/), "
+                             "a split folder / ImageFolder tree, or a tar (tar of per-class tars, or of folders)")
+    parser.add_argument("--out", required=True, help="output directory for shards, manifest.json, _info.json")
+    parser.add_argument("--split", default="train", help="split(s) to convert, comma separated (default: train)")
+    parser.add_argument("--max-size", type=int, default=512,
+                        help="reduce the shorter side to this many pixels, never upscale; 0 keeps sizes (default 512)")
+    parser.add_argument("--quality", type=int, default=95, help="JPEG quality for re-encoded images (default 95)")
+    parser.add_argument("--shard-size", type=int, default=1000, help="planned images per shard (default 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle across shards (default 0)")
+    parser.add_argument("--classes", default=None,
+                        help="class list file (one wnid per line, optional name after it) fixing the index order; "
+                             "default: sorted class folders, names from LOC_synset_mapping.txt")
+    parser.add_argument("--max-pixels", type=int, default=None,
+                        help="refuse images declaring more pixels than this (decompression bombs; default 89478485)")
+    parser.add_argument("--num-cpus", type=int, default=None, help="parallel workers (default: all Ray CPUs)")
+    parser.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting one")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--debug-shard-delay", type=float, default=0.0, help=argparse.SUPPRESS)
+
+
+def run(args: argparse.Namespace) -> int:
+    from data_pipeline.imagenet.pipeline import BuildConfig, build
+    from data_pipeline.imagenet.process import DEFAULT_MAX_PIXELS
+    from data_pipeline.imagenet.sources import InputError
+
+    if args.num_cpus is not None and args.num_cpus < 1:
+        print(f"pretrain data imagenet: error: --num-cpus {args.num_cpus}: must be at least 1", file=sys.stderr)
+        return 2
+    cfg = BuildConfig(
+        input=args.input, out=args.out, splits=[s.strip() for s in args.split.split(",") if s.strip()],
+        max_size=args.max_size, quality=args.quality, shard_size=args.shard_size, seed=args.seed,
+        max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, classes_file=args.classes, num_cpus=args.num_cpus,
+        ray_address=args.ray_address, progress=not args.no_progress, shard_delay_s=args.debug_shard_delay,
+    )
+    try:
+        manifest = build(cfg)
+    except InputError as e:
+        print(f"pretrain data imagenet: error: {e}", file=sys.stderr)
+        return 2
+    for split, entry in manifest["splits"].items():
+        c = entry["counts"]
+        print(f"{split}: {entry['samples']} samples in {len(entry['shards'])} shards, {entry['bytes']} bytes; "
+              f"read {c['read']}, rejected {sum(c['rejected'].values())} {c['rejected']}")
+    print(f"wrote {args.out}/manifest.json ({len(manifest['classes'])} classes)")
+    return 0

@@ -1,0 +1,156 @@
+"""ImageNet (or any ImageFolder tree / ILSVRC tar) -> labelled WebDataset shards, in parallel on Ray.
+
+Order of work, and why it makes output independent of worker count and restarts:
+
+1. scan every requested split (sorted by source) and build the class index;
+2. shuffle each split's labelled files with a seeded RNG and cut the shuffled list into shards of
+   ``shard_size`` planned files -- so which file lands in which shard, and at which key, is fixed
+   before any image is decoded;
+3. run one Ray task per shard not already finished (see ``shard_task``), at most ``num_cpus`` at once;
+4. write ``rejected/<split>.parquet``, ``_info.json`` and finally ``manifest.json``.
+
+Rejected files keep their planned slot empty, so a shard may hold fewer than ``shard_size`` samples.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from data_pipeline.imagenet import outputs
+from data_pipeline.imagenet.process import DEFAULT_MAX_PIXELS, ImageOptions
+from data_pipeline.imagenet.shard_task import finished_summary, plan_fingerprint, process_shard
+from data_pipeline.imagenet.sources import InputError, Item, SplitInput, build_classes, scan_split
+from data_pipeline.shards import remove_stale_temps
+
+
+@dataclass
+class BuildConfig:
+    input: str
+    out: str
+    splits: list[str] = field(default_factory=lambda: ["train"])
+    max_size: int = 512
+    quality: int = 95
+    shard_size: int = 1000
+    seed: int = 0
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    classes_file: str | None = None
+    num_cpus: int | None = None
+    ray_address: str | None = None
+    progress: bool = True
+    shard_delay_s: float = 0.0  # test hook, not part of the output
+
+    def image_options(self) -> ImageOptions:
+        return ImageOptions(max_size=self.max_size, quality=self.quality, max_pixels=self.max_pixels)
+
+    def recorded(self) -> dict:
+        """The options that decide the output (not parallelism), as stored in the manifest."""
+        keep = ("input", "splits", "max_size", "quality", "shard_size", "seed", "max_pixels", "classes_file")
+        return {k: v for k, v in asdict(self).items() if k in keep}
+
+
+def plan_shards(items: list[Item], split: str, seed: int, shard_size: int) -> list[list[tuple[int, Item]]]:
+    """Seeded shuffle of ``items`` cut into consecutive shards of (position, item) pairs."""
+    order = list(range(len(items)))
+    random.Random(f"pretrain-imagenet:{seed}:{split}").shuffle(order)
+    entries = [(pos, items[i]) for pos, i in enumerate(order)]
+    return [entries[i:i + shard_size] for i in range(0, len(entries), shard_size)]
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=not enabled, mininterval=1.0)
+
+
+def _run_shards(ray, cfg: BuildConfig, split: str, plan, class_index: dict[str, int]) -> list[dict]:
+    """Run the unfinished shards of one split as Ray tasks; return all shard summaries in index order."""
+    options = cfg.image_options()
+    summaries: dict[int, dict] = {}
+    todo = []
+    for index, entries in enumerate(plan):
+        fp = plan_fingerprint(split, index, entries, class_index, options)
+        done = finished_summary(cfg.out, split, index, fp)
+        if done is not None:
+            summaries[index] = done
+        else:
+            todo.append((index, entries, fp))
+    total = sum(len(e) for e in plan)
+    bar = _progress(total, f"{split}: {len(plan)} shards", cfg.progress)
+    bar.update(sum(len(plan[i]) for i in summaries))
+    if summaries:
+        bar.write(f"{split}: {len(summaries)} of {len(plan)} shards already complete, skipped")
+    parallelism = cfg.num_cpus or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    task = ray.remote(num_cpus=1, max_retries=2)(process_shard)
+    class_ref = ray.put(class_index)
+    pending: dict = {}
+    queue = list(todo)
+    try:
+        while queue or pending:
+            while queue and len(pending) < parallelism:
+                index, entries, fp = queue.pop(0)
+                ref = task.remote(cfg.out, split, index, entries, class_ref, options, fp, cfg.shard_delay_s)
+                pending[ref] = index
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                index = pending.pop(ref)
+                summaries[index] = ray.get(ref)
+                bar.update(len(plan[index]))
+                bar.set_postfix(shards=f"{len(summaries)}/{len(plan)}", refresh=False)
+    finally:
+        bar.close()
+    return [summaries[i] for i in range(len(plan))]
+
+
+def _labelled(split_input: SplitInput) -> tuple[list[Item], list[dict]]:
+    """Items with a label, and rejection rows for files no label could be found for."""
+    items, unlabeled = [], []
+    for it in split_input.items:
+        if it.wnid is None:
+            unlabeled.append({"source": it.source, "wnid": None, "reason": "no_label",
+                              "detail": "not in a class folder and not in LOC_val_solution.csv"})
+        else:
+            items.append(it)
+    return items, unlabeled
+
+
+def _check_config(cfg: BuildConfig) -> None:
+    if cfg.shard_size < 1:
+        raise InputError(f"--shard-size {cfg.shard_size}: must be at least 1")
+    if not 1 <= cfg.quality <= 100:
+        raise InputError(f"--quality {cfg.quality}: must be 1..100")
+    if cfg.max_size < 0:
+        raise InputError(f"--max-size {cfg.max_size}: must be >= 0 (0 keeps the original size)")
+    if not cfg.splits or any(not s or "/" in s or s.startswith(("_", ".")) for s in cfg.splits):
+        raise InputError(f"--split {','.join(cfg.splits)}: give split names such as train,val")
+    if cfg.classes_file and not Path(cfg.classes_file).is_file():
+        raise InputError(f"--classes {cfg.classes_file}: no such file")
+
+
+def build(cfg: BuildConfig) -> dict:
+    """Run the whole pipeline; returns the manifest it wrote. Raises InputError for bad input."""
+    _check_config(cfg)
+    scans = {split: scan_split(cfg.input, split) for split in cfg.splits}
+    labelled = {split: _labelled(s) for split, s in scans.items()}
+    wnids = {it.wnid for items, _ in labelled.values() for it in items}
+    if not wnids:
+        raise InputError(f"--input {cfg.input}: no labelled files found for split(s) {', '.join(cfg.splits)}")
+    meta_dirs = [d for s in scans.values() for d in s.meta_dirs]
+    classes = build_classes(wnids, Path(cfg.classes_file) if cfg.classes_file else None, meta_dirs)
+    previous = outputs.previous_splits(cfg.out, classes, cfg.splits)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(cfg.out)
+    class_index = {c["wnid"]: c["index"] for c in classes}
+
+    from data_pipeline.ray_runtime import ray_session
+
+    split_results = {}
+    with ray_session(cfg.ray_address, cfg.num_cpus) as ray:
+        for split in cfg.splits:
+            items, unlabeled = labelled[split]
+            plan = plan_shards(items, split, cfg.seed, cfg.shard_size)
+            summaries = _run_shards(ray, cfg, split, plan, class_index)
+            split_results[split] = (summaries, unlabeled)
+    return outputs.write_outputs(cfg.out, classes, split_results, cfg.recorded(), previous)
