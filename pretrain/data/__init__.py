@@ -1,0 +1,83 @@
+"""Streaming, resumable data loaders for GPT, BERT and ViT (see ``loader.py`` for the design).
+
+Entry points:
+
+- ``build_loader(cfg, split, dp_rank, dp_size, train)`` -> ``Loader``: an iterator of batch dicts
+  with ``state_dict()`` / ``load_state_dict()``. Train loaders are infinite; eval loaders
+  (``train=False``) make one pass over the split without shuffling, restarting on every ``iter()``.
+- ``data_info(cfg)`` -> what the trainer records with checkpoints: the tokenizer record (text) or
+  the image normalisation (ViT), plus the manifest path.
+
+Batches: GPT ``{"input_ids", "labels"}`` ``[B, T]`` int64 (labels = next token); BERT adds
+``"attention_mask"`` and ``"token_type_ids"`` (labels -100 where not masked; rows are
+``[CLS] ... [SEP]`` when the tokenizer has both ids); ViT ``{"pixel_values": [B, 3, S, S] float32,
+"labels": [B] int64}``. ``B`` is ``train.micro_batch_size``.
+"""
+
+from __future__ import annotations
+
+from pretrain.config import Config
+from pretrain.data.image import normalization
+from pretrain.data.loader import Loader, StreamSpec, text_specials
+from pretrain.data.sources import SYNTHETIC_SPECIALS, read_manifest
+
+__all__ = ["Loader", "StreamSpec", "build_loader", "data_info", "image_size", "text_specials"]
+
+
+def image_size(cfg: Config) -> int:
+    return cfg.data.image_size or cfg.model.image_size
+
+
+def _tokenizer(cfg: Config, manifest: dict | None) -> dict:
+    if manifest is not None:
+        return dict(manifest.get("tokenizer") or {})
+    return {**SYNTHETIC_SPECIALS, "vocab_size": cfg.model.vocab_size}
+
+
+def _check_kind(cfg: Config, manifest: dict) -> None:
+    want = "image" if cfg.model.family == "vit" else "text"
+    have = manifest.get("kind", "text")
+    if have != want:
+        raise ValueError(f"data.path={cfg.data.path} holds {have} shards but model.family={cfg.model.family} "
+                         f"needs {want} shards")
+    if want == "text":
+        vocab = int(manifest.get("tokenizer", {}).get("vocab_size", 0))
+        if vocab > cfg.model.vocab_size:
+            raise ValueError(f"the shards' tokenizer has {vocab} tokens but model.vocab_size={cfg.model.vocab_size}")
+
+
+def build_spec(cfg: Config, split: str, dp_rank: int, dp_size: int, train: bool) -> StreamSpec:
+    d = cfg.data
+    manifest = None
+    if d.source == "shards":
+        manifest = read_manifest(d.path)
+        _check_kind(cfg, manifest)
+    return StreamSpec(
+        family=cfg.model.family, split=split, source=d.source, path=d.path, seed=cfg.train.seed,
+        dp_rank=dp_rank, dp_size=dp_size, batch_size=cfg.train.micro_batch_size, train=train,
+        seq_len=d.seq_len, shuffle_buffer=d.shuffle_buffer, mlm_probability=d.mlm_probability,
+        image_size=image_size(cfg), crop_scale_min=d.crop_scale_min, hflip=d.hflip,
+        synthetic_samples=d.synthetic_samples, vocab_size=cfg.model.vocab_size,
+        num_classes=cfg.model.num_classes, tokenizer=_tokenizer(cfg, manifest),
+    )
+
+
+def build_loader(cfg: Config, split: str, dp_rank: int, dp_size: int, train: bool) -> Loader:
+    """The batch stream of data-parallel rank ``dp_rank`` of ``dp_size`` over ``split``.
+
+    Pass the *data-parallel* rank: ranks of one tensor-parallel group must get the same stream.
+    """
+    return Loader(build_spec(cfg, split, dp_rank, dp_size, train), num_workers=cfg.data.num_workers)
+
+
+def data_info(cfg: Config) -> dict:
+    """The data record for checkpoints and exports: tokenizer ids or image normalisation."""
+    manifest = read_manifest(cfg.data.path) if cfg.data.source == "shards" else None
+    info: dict = {"source": cfg.data.source, "path": cfg.data.path}
+    if cfg.model.family == "vit":
+        info["normalization"] = normalization(image_size(cfg))
+        if manifest is not None:
+            info["classes"] = manifest.get("classes")
+    else:
+        info["tokenizer"] = _tokenizer(cfg, manifest)
+    return info
