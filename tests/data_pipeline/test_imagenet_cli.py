@@ -1,0 +1,95 @@
+"""`pretrain data imagenet` as a command: SIGKILL mid-run then rerun gives byte-identical output
+(finished shards are not redone), and bad input exits 2 naming the bad thing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from launch.cli import main
+from tests.data_pipeline.test_imagenet_pipeline import all_files
+from tests.data_pipeline.test_imagenet_process import make_tree
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    from data_pipeline.ray_runtime import ray_session
+
+    with ray_session(num_cpus=2) as ray:
+        yield ray
+
+
+def cli_args(root: Path, out: Path, *extra: str) -> list[str]:
+    return ["data", "imagenet", "--input", str(root), "--out", str(out), "--split", "train,val", "--max-size", "48",
+            "--quality", "90", "--shard-size", "4", "--seed", "3", "--no-progress", *extra]
+
+
+def _wait_for_shards(out: Path, proc: subprocess.Popen, n: int, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(list((out / "_state" / "train").glob("shard-*.json"))) >= n or proc.poll() is not None:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the pipeline wrote no shard in time")
+
+
+def test_sigkill_mid_run_then_rerun_gives_identical_output(ray_cluster, tmp_path, capsys):
+    root = tmp_path / "in"
+    make_tree(root)
+    assert main(cli_args(root, tmp_path / "ref", "--num-cpus", "2")) == 0
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "launch.cli", *cli_args(root, out, "--num-cpus", "1",
+                                                                            "--debug-shard-delay", "0.4")],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_for_shards(out, proc, 2)
+        assert proc.poll() is None, "the run finished before it could be killed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the CLI and the embedded Ray it started
+        proc.wait()
+    assert not (out / "manifest.json").exists()
+    done_before = {p.name: p.stat().st_mtime_ns for p in (out / "_state" / "train").glob("*.json")}
+    shards_before = {p.name: p.stat().st_mtime_ns for p in (out / "train").glob("*.tar")}
+    assert 2 <= len(done_before) < 10  # 39 train files / 4 per shard = 10 train shards
+
+    assert main(cli_args(root, out, "--num-cpus", "2")) == 0
+    assert all_files(out) == all_files(tmp_path / "ref")
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "_state" / "train").glob("*.json")}
+    assert {k: after[k] for k in done_before} == done_before  # finished shards were skipped, not redone
+    for name in done_before:
+        tar = name.replace(".json", ".tar")
+        assert (out / "train" / tar).stat().st_mtime_ns == shards_before[tar]
+    assert "train: " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--input", "/nonexistent/imagenet"], "--input /nonexistent/imagenet"),
+    (["--quality", "0"], "--quality 0"),
+    (["--shard-size", "0"], "--shard-size 0"),
+    (["--max-size", "-1"], "--max-size -1"),
+    (["--num-cpus", "0"], "--num-cpus 0"),
+    (["--classes", "/nonexistent/classes.txt"], "--classes /nonexistent/classes.txt"),
+])
+def test_bad_input_exits_2_and_names_it(tmp_path, capsys, extra, needle):
+    root = tmp_path / "in"
+    (root / "train" / "n0").mkdir(parents=True)
+    (root / "train" / "n0" / "a.JPEG").write_bytes(b"x")
+    assert main(cli_args(root, tmp_path / "out", *extra)) == 2  # argparse: the last --flag wins
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_classes_file_missing_a_folder_exits_2(tmp_path, capsys):
+    root = tmp_path / "in"
+    make_tree(root, with_val=False)
+    (tmp_path / "classes.txt").write_text("n01440764\nn01443537\n")
+    assert main(cli_args(root, tmp_path / "out", "--split", "train", "--classes", str(tmp_path / "classes.txt"))) == 2
+    assert "n09999999" in capsys.readouterr().err
