@@ -176,6 +176,35 @@ def test_tar_of_tars_gives_the_same_shards_as_the_unpacked_tree(ray_cluster, tre
     assert (tmp_path / "tar/rejected/train.parquet").read_bytes() == (out2 / "rejected/train.parquet").read_bytes()
 
 
+def test_flat_val_tar_with_csv_gives_the_same_val_shards(ray_cluster, tree, built, tmp_path):
+    root, _ = tree
+    out2, m2, _ = built
+    src = tmp_path / "archive"
+    src.mkdir()
+    with tarfile.open(src / "ILSVRC2012_img_val.tar", "w", format=tarfile.USTAR_FORMAT) as tf:
+        for f in sorted((root / "val").iterdir()):
+            tf.add(f, arcname=f.name)
+    (src / "LOC_val_solution.csv").write_bytes((root / "LOC_val_solution.csv").read_bytes())
+    m = build(config(src, tmp_path / "out", splits=["val"]))
+    assert m["classes"] == [{**c, "name": c["wnid"]} for c in m2["classes"]]  # no LOC_synset_mapping.txt here
+    assert m["splits"]["val"]["shards"] == m2["splits"]["val"]["shards"]
+    assert m["splits"]["val"]["counts"] == m2["splits"]["val"]["counts"]
+
+
+def test_kaggle_layout_and_a_bare_imagefolder_tree_give_the_same_train_shards(ray_cluster, tree, built, tmp_path):
+    root, _ = tree
+    _, m2, _ = built
+    kaggle = tmp_path / "kaggle" / "ILSVRC" / "Data" / "CLS-LOC"
+    kaggle.mkdir(parents=True)
+    (kaggle / "train").symlink_to(root / "train")
+    (tmp_path / "kaggle" / "LOC_synset_mapping.txt").write_bytes((root / "LOC_synset_mapping.txt").read_bytes())
+    m_kaggle = build(config(tmp_path / "kaggle", tmp_path / "o1", splits=["train"]))
+    m_bare = build(config(root / "train", tmp_path / "o2", splits=["train"]))
+    for m in (m_kaggle, m_bare):
+        assert m["classes"] == m2["classes"]
+        assert m["splits"]["train"]["shards"] == m2["splits"]["train"]["shards"]
+
+
 def test_bad_input_is_refused_with_the_thing_named(tmp_path):
     with pytest.raises(InputError, match="--input"):
         build(config(tmp_path / "missing", tmp_path / "o"))
