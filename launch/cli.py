@@ -76,7 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # `key.path=value` overrides may come after options (`train cfg.yaml --nproc 2 a.b=1`)
+    stray = [x for x in extra if not (hasattr(args, "overrides") and "=" in x and not x.startswith("-"))]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     code = args._run(args)
     return int(code or 0)
 

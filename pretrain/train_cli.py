@@ -1,0 +1,76 @@
+"""``pretrain train CONFIG [key.path=value ...] [--nproc N]``.
+
+The config is validated before anything starts (exit 2 on a bad one). Under a launcher
+(deepspeed, torchrun, srun: RANK/WORLD_SIZE set) every rank runs the trainer; with ``--nproc N``
+this process starts and supervises N local ranks (``launch.local``): a failing rank takes the
+whole job down, and SIGTERM/SIGUSR1 reach every rank.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+EXIT_CONFIG = 2
+EXIT_NONFINITE = 3
+
+
+def add_arguments(p) -> None:
+    p.add_argument("config", help="YAML config, or 'default' for the built-in debug GPT")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="overrides, YAML-typed")
+    p.add_argument("--nproc", type=int, default=None,
+                   help="start this many local ranks with torchrun (default: 1, or the launcher's world)")
+
+
+def _under_launcher() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def _spawn(nproc: int, args) -> int:
+    from launch.local import run_ranks
+    from pretrain.distributed import free_port
+
+    return run_ranks(nproc, "pretrain.train_cli", [args.config, *args.overrides], free_port())
+
+
+def run(args) -> int:
+    from pretrain.config import ConfigError, dp_size, load_config
+
+    try:
+        cfg = load_config(None if args.config == "default" else args.config, args.overrides)
+        world = int(os.environ["WORLD_SIZE"]) if _under_launcher() else (args.nproc or 1)
+        if cfg.parallel.world_size is not None and cfg.parallel.world_size != world:
+            raise ConfigError([("parallel.world_size", cfg.parallel.world_size,
+                                f"this job has {world} ranks; set --nproc or the launcher to match")])
+        dp_size(cfg, world)
+        if cfg.data.source == "shards" and not os.path.isfile(os.path.join(cfg.data.path, "manifest.json")):
+            raise ConfigError([("data.path", cfg.data.path, "no manifest.json there; run `pretrain data ...` first")])
+    except ConfigError as e:
+        print(f"pretrain: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not _under_launcher() and world > 1:
+        return _spawn(world, args)
+    from pretrain.trainer import NonFiniteStop, train
+
+    try:
+        train(cfg)
+    except NonFiniteStop as e:
+        print(f"pretrain: {e}", file=sys.stderr)
+        return EXIT_NONFINITE
+    except Exception as e:
+        rank = os.environ.get("RANK", "0")
+        print(f"pretrain: rank {rank} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        raise
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="pretrain train")
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""Everything the training loop holds, built in one place: topology, model, optimizer, LR schedule,
+DeepSpeed engine, loaders, tracker, and the state restored from a checkpoint."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import torch
+from torch import nn
+
+from pretrain import checkpoint as C
+from pretrain import distributed as D
+from pretrain.config import Config, deepspeed_config, global_batch
+
+
+class LossModule(nn.Module):
+    """What DeepSpeed wraps: ``forward(**batch)`` returns the model's scalar training loss.
+
+    Keeps the model itself plain (``forward(input_ids)`` -> logits); its parameters appear under
+    the ``model.`` prefix in DeepSpeed's checkpoint files."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, **batch):
+        return self.model.loss(batch)
+
+
+class GuardedAdamW(torch.optim.AdamW):
+    """AdamW that clips, reports the gradient norm, and skips a step whose gradients are not
+    finite, saying so through ``.overflow`` (which DeepSpeed reads to count skipped steps and hold
+    the LR schedule).
+
+    DeepSpeed's ZeRO and bf16 optimizers already do all three; without ZeRO in fp32 DeepSpeed
+    clips but neither reports the norm nor skips, so only then is the guard on (``check=True``)
+    and DeepSpeed's own clipping is switched off."""
+
+    def __init__(self, params, check: bool, clip: float, mpu, **kw):
+        super().__init__(params, **kw)
+        self.check, self.clip, self.mpu = check, clip, mpu
+        self.overflow = False
+        self.last_grad_norm: float | None = None
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if self.check:
+            from deepspeed.runtime.utils import clip_grad_norm_
+
+            params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+            norm = clip_grad_norm_(params, max_norm=self.clip if self.clip > 0 else float("inf"), mpu=self.mpu)
+            self.last_grad_norm = float(norm)
+            self.overflow = not math.isfinite(self.last_grad_norm)
+            if self.overflow:
+                self.zero_grad(set_to_none=True)
+                return None
+        return super().step(closure)
+
+
+def grad_norm(engine) -> float:
+    """The last step's global gradient norm, from DeepSpeed or from ``GuardedAdamW``."""
+    norm = engine.get_global_grad_norm()
+    if norm is None:
+        norm = getattr(engine.optimizer, "last_grad_norm", None)
+    return float(norm) if norm is not None else float("nan")
+
+
+@dataclass
+class Setup:
+    cfg: Config
+    mpu: object
+    model: nn.Module
+    engine: object
+    train_loader: object
+    train_iter: object
+    tracker: object
+    data_info: dict
+    dp_size: int
+    dp_rank: int
+    family: str
+    device: torch.device
+    float_dtype: torch.dtype
+    items_per_step: int
+    flops_per_item: float
+    peak_flops: float
+    start_step: int = 0
+    tokens_seen: int = 0
+    skipped_before: int = 0
+    last_logged: int = 0
+    resumed_from: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def memory_gb(self) -> float:
+        from deepspeed.accelerator import get_accelerator
+
+        acc = get_accelerator()
+        if acc.device_name() != "cpu":
+            return acc.max_memory_allocated() / 2**30
+        return psutil.Process().memory_info().rss / 2**30
+
+
+# Dense bf16 peak per device, for MFU. Override with PRETRAIN_PEAK_FLOPS (FLOP/s per rank).
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 125e12, "L4": 121e12, "V100": 125e12}
+
+
+def peak_flops_per_rank() -> float:
+    if os.environ.get("PRETRAIN_PEAK_FLOPS"):
+        return float(os.environ["PRETRAIN_PEAK_FLOPS"])
+    from deepspeed.accelerator import get_accelerator
+
+    acc = get_accelerator()
+    if acc.device_name() == "cpu":
+        return 0.0
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
+    return next((v for k, v in PEAK_BF16.items() if k in name), 0.0)
+
+
+def _items_and_flops(cfg: Config, dp: int, model: nn.Module) -> tuple[int, float]:
+    from pretrain.models import flops
+
+    batch = global_batch(cfg, dp)
+    if cfg.model.family == "vit":
+        return batch, flops.flops_per_image(cfg.model, cfg.data.image_size)
+    head_fraction = cfg.data.mlm_probability if cfg.model.family == "bert" else 1.0
+    return batch * cfg.data.seq_len, flops.flops_per_token(cfg.model, cfg.data.seq_len, head_fraction)
+
+
+def _build_model(cfg: Config, mpu) -> nn.Module:
+    from pretrain.parallel import build_parallel_model
+
+    model = build_parallel_model(cfg.model, mpu, device=D.device(), seed=cfg.train.seed)
+    for p in model.parameters():  # DeepSpeed counts these once per tensor rank in the grad norm
+        if getattr(p, "tp_shard", None) is not None:
+            p.tensor_model_parallel = True
+    if cfg.parallel.activation_checkpointing:
+        model.set_activation_checkpointing(True)
+    return model
+
+
+def _load_init_weights(model: nn.Module, cfg: Config, mpu) -> None:
+    """``checkpoint.init_from``: weights only, from an import-hf directory or a checkpoint."""
+    from pretrain.models.loading import load_full_state_dict
+    from pretrain.parallel import shard_state_dict
+
+    full = load_full_state_dict(cfg.checkpoint.init_from, cfg.model)
+    local = shard_state_dict(full, cfg.model, mpu.get_model_parallel_rank(), mpu.get_model_parallel_world_size())
+    missing, unexpected = model.load_state_dict(local, strict=False)
+    if missing or unexpected:
+        raise C.CheckpointError(f"{cfg.checkpoint.init_from}: weights do not fit model (missing {missing[:5]}, "
+                                f"unexpected {unexpected[:5]})")
+
+
+def build_setup(cfg: Config) -> Setup:
+    import deepspeed
+
+    from pretrain.data import build_loader, data_info
+    from pretrain.parallel import init_topology
+    from pretrain.schedules import build_scheduler, param_groups
+
+    world = D.world_size()
+    mpu = init_topology(cfg.parallel.tensor_size)
+    dp, dp_rank = mpu.get_data_parallel_world_size(), mpu.get_data_parallel_rank()
+    resume_dir = C.resolve_resume(cfg.checkpoint.resume, cfg.train.run_dir)
+
+    torch.manual_seed(cfg.train.seed)
+    model = _build_model(cfg, mpu)
+    if cfg.checkpoint.init_from and resume_dir is None:
+        _load_init_weights(model, cfg, mpu)
+    o = cfg.optim
+    stage0_fp32 = cfg.parallel.zero_stage == 0 and cfg.parallel.precision == "fp32"
+    optimizer = GuardedAdamW(param_groups(model, o), check=stage0_fp32, clip=o.grad_clip, mpu=mpu,
+                             lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+    scheduler = build_scheduler(optimizer, cfg)
+    ds_cfg = deepspeed_config(cfg, world)
+    if stage0_fp32:
+        ds_cfg["gradient_clipping"] = 0.0  # GuardedAdamW clips (and reports the norm) instead
+    if cfg.parallel.offload_optimizer:
+        ds_cfg.setdefault("zero_force_ds_cpu_optimizer", False)
+    engine, _, _, _ = deepspeed.initialize(model=LossModule(model), optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=ds_cfg, mpu=mpu,
+                                           dist_init_required=False)
+    loader = build_loader(cfg, "train", dp_rank, dp, train=True)
+    info = data_info(cfg)
+    if cfg.data.source == "shards" and cfg.model.family != "vit":
+        info["tokenizer_path"] = str(Path(cfg.data.path) / "tokenizer.model")
+
+    state: dict = {}
+    if resume_dir is not None:
+        state = _restore(engine, loader, resume_dir, cfg)
+    items, flops_per_item = _items_and_flops(cfg, dp, model)
+    precision = cfg.parallel.precision
+    float_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    tracker = _tracker(cfg, state.get("mlflow_run_id"))
+    setup = Setup(cfg=cfg, mpu=mpu, model=model, engine=engine, train_loader=loader, train_iter=iter(loader),
+                  tracker=tracker, data_info=info, dp_size=dp, dp_rank=dp_rank, family=cfg.model.family,
+                  device=D.device(), float_dtype=float_dtype, items_per_step=items, flops_per_item=flops_per_item,
+                  peak_flops=peak_flops_per_rank() * world, start_step=state.get("step", 0),
+                  tokens_seen=state.get("tokens_seen", 0), skipped_before=engine.skipped_steps,
+                  last_logged=state.get("step", 0), resumed_from=str(resume_dir) if resume_dir else None)
+    if resume_dir is None:
+        tracker.start_run_metadata(cfg, model, world=world, dp=dp, data_info=info)
+    D.print0(f"[pretrain] {cfg.model.family} | world {world} = data {dp} x tensor {cfg.parallel.tensor_size} | "
+             f"ZeRO {cfg.parallel.zero_stage} | {precision} | global batch {global_batch(cfg, dp)} | "
+             + (f"resumed from {resume_dir} at step {setup.start_step}" if resume_dir else "fresh start"))
+    return setup
+
+
+class NullTracker:
+    """Tracking off (``tracking.enabled=false``): every call is a no-op."""
+
+    run_id = None
+
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+
+def _tracker(cfg: Config, run_id: str | None):
+    if not cfg.tracking.enabled:
+        return NullTracker()
+    from pretrain.tracking import Tracker
+
+    return Tracker(cfg, rank=D.rank(), run_id=run_id)
+
+
+def _restore(engine, loader, tag_dir: Path, cfg: Config) -> dict:
+    state = C.read_json(tag_dir, "trainer_state.json")
+    if state["world_size"] != D.world_size() or state["tensor_parallel_size"] != cfg.parallel.tensor_size:
+        raise C.CheckpointError(
+            f"{tag_dir}: saved with world {state['world_size']} (tensor {state['tensor_parallel_size']}); exact "
+            f"resume needs the same layout, this job has world {D.world_size()} (tensor {cfg.parallel.tensor_size}). "
+            "To change layout, start from its weights with checkpoint.init_from instead.")
+    load_path, _ = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name, load_optimizer_states=True,
+                                          load_lr_scheduler_states=True)
+    if load_path is None:
+        raise C.CheckpointError(f"{tag_dir}: DeepSpeed could not load this checkpoint")
+    loader.load_state_dict(C.rank_state(tag_dir, "loader", D.rank()))
+    C.set_rng_state(C.rank_state(tag_dir, "rng", D.rank()))
+    return state

@@ -1,0 +1,248 @@
+"""The training loop: DeepSpeed engine x tensor parallel x data parallel, exact resume, MLflow.
+
+``train(cfg)`` runs in every rank. One optimizer step = ``gradient_accumulation_steps`` micro
+batches; ranks of one tensor group read the same batches, data-parallel ranks disjoint ones.
+Everything a resumed run needs to continue bit-for-bit -- engine (weights, optimizer, LR
+schedule), each rank's loader position and RNG states, counters and the MLflow run id -- goes
+into the checkpoint (``pretrain.checkpoint``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from pretrain import checkpoint as C
+from pretrain import distributed as D
+from pretrain.config import Config, deepspeed_config, dp_size, grad_accum_steps, to_yaml
+from pretrain.train_setup import Setup, build_setup, grad_norm
+
+
+class NonFiniteStop(RuntimeError):
+    """Too many non-finite steps in a row; a checkpoint was saved before raising."""
+
+
+@dataclass
+class Result:
+    """What a run did, returned by ``train`` (rank 0's view; losses are data-parallel means)."""
+
+    losses: dict[int, float] = field(default_factory=dict)  # step -> loss
+    eval: dict[int, dict] = field(default_factory=dict)
+    start_step: int = 0
+    final_step: int = 0
+    skipped_steps: int = 0
+    stopped_by: str = "finished"  # finished | signal | nonfinite
+    checkpoint: str | None = None
+    run_id: str | None = None
+
+
+_STOP = {"signal": None}
+
+
+def _on_signal(signum, _frame):
+    _STOP["signal"] = signum
+
+
+def _install_signal_handlers() -> None:
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, _on_signal)
+
+
+def _fault_steps() -> set[int]:
+    """Fault injection for tests and drills: ``PRETRAIN_FAULT_NAN_STEPS=3,4`` makes those steps' loss NaN."""
+    raw = os.environ.get("PRETRAIN_FAULT_NAN_STEPS", "")
+    return {int(x) for x in raw.split(",") if x.strip()}
+
+
+_STEP_SLEEP = float(os.environ.get("PRETRAIN_TEST_STEP_SLEEP", "0") or 0)
+
+
+def _to_device(batch: dict, device, float_dtype) -> dict:
+    out = {}
+    for k, v in batch.items():
+        if torch.is_tensor(v):
+            v = v.to(device, non_blocking=True)
+            if v.is_floating_point():
+                v = v.to(float_dtype)
+        out[k] = v
+    return out
+
+
+class Trainer:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.s: Setup = build_setup(cfg)
+        self.result = Result(run_id=self.s.tracker.run_id)
+        self._metrics_file = None
+
+    # ------------------------------------------------------------------------------------------
+    def run(self) -> Result:
+        cfg, s = self.cfg, self.s
+        _install_signal_handlers()
+        faults = _fault_steps()
+        accum = grad_accum_steps(cfg, s.dp_size)
+        step = s.start_step
+        self.result.start_step = step
+        nonfinite_in_row = 0
+        t_last, tokens_last = time.perf_counter(), s.tokens_seen
+        while step < cfg.train.steps:
+            step += 1
+            loss_sum = 0.0
+            for _ in range(accum):
+                batch = _to_device(next(s.train_iter), s.device, s.float_dtype)
+                loss = s.engine(**batch)
+                if step in faults:
+                    loss = loss * float("nan")
+                s.engine.backward(loss)
+                s.engine.step()
+                loss_sum += float(loss.detach().float().item())
+            s.tokens_seen += s.items_per_step
+            if _STEP_SLEEP:
+                time.sleep(_STEP_SLEEP)  # test hook: lets a test signal or kill a job mid-run
+            skipped = s.engine.skipped_steps > s.skipped_before
+            s.skipped_before = s.engine.skipped_steps
+            # one small all-reduce: mean loss over data-parallel ranks, and any rank's stop signal
+            stats = torch.tensor([loss_sum / accum, 1.0 if _STOP["signal"] else 0.0], dtype=torch.float64)
+            if D.world_size() > 1:
+                dist.all_reduce(stats)
+            loss_mean = stats[0].item() / D.world_size()
+            stop_requested = stats[1].item() > 0
+            self._record(step, loss_mean, skipped)
+            if skipped or not math.isfinite(loss_mean):
+                nonfinite_in_row += 1
+                self.result.skipped_steps += 1
+                s.tracker.log_metrics({"train/skipped_steps": self.result.skipped_steps}, step)
+            else:
+                nonfinite_in_row = 0
+                self.result.losses[step] = loss_mean
+            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+                now = time.perf_counter()
+                self._log(step, loss_mean, now - t_last, s.tokens_seen - tokens_last, max(1, step - s.last_logged))
+                t_last, tokens_last, s.last_logged = now, s.tokens_seen, step
+            if cfg.train.eval_every and step % cfg.train.eval_every == 0:
+                self.result.eval[step] = self.evaluate(step)
+            if nonfinite_in_row >= cfg.train.max_nonfinite_in_row:
+                self._save(step)
+                self.result.stopped_by = "nonfinite"
+                raise NonFiniteStop(
+                    f"{nonfinite_in_row} non-finite steps in a row (last at step {step}); checkpoint saved at "
+                    f"{self.result.checkpoint}. Lower optim.lr, check the data, or raise train.max_nonfinite_in_row.")
+            if stop_requested:
+                self._save(step)
+                self.result.stopped_by = "signal"
+                D.print0(f"[pretrain] stop signal received: checkpoint saved at step {step}, exiting cleanly")
+                break
+            if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.train.steps:
+                self._save(step)
+        self.result.final_step = step
+        if self.result.stopped_by == "finished":
+            self._save(step)
+        return self.result
+
+    # ------------------------------------------------------------------------------------------
+    def _record(self, step: int, loss: float, skipped: bool) -> None:
+        """Rank 0 appends every step to ``<run_dir>/metrics.jsonl`` (a resumed run appends too;
+        readers keep the last line per step)."""
+        if D.rank() != 0:
+            return
+        if self._metrics_file is None:
+            self._metrics_file = open(Path(self.cfg.train.run_dir) / "metrics.jsonl", "a")  # noqa: SIM115
+        line = {"step": step, "loss": loss if math.isfinite(loss) else None, "skipped": bool(skipped),
+                "tokens_seen": self.s.tokens_seen}
+        self._metrics_file.write(json.dumps(line) + "\n")
+        self._metrics_file.flush()
+
+    def _log(self, step: int, loss: float, seconds: float, items: int, steps: int) -> None:
+        s = self.s
+        lr = s.engine.get_lr()[0] if s.engine.get_lr() else 0.0
+        gnorm = grad_norm(s.engine)
+        rate = items / seconds if seconds > 0 else 0.0
+        mfu = s.flops_per_item * rate / s.peak_flops if s.peak_flops else float("nan")
+        mem = s.memory_gb()
+        unit = "img" if s.family == "vit" else "tok"
+        D.print0(f"step {step:>7d} | loss {loss:.4f} | lr {lr:.3e} | gnorm {gnorm:.3f} | {rate:,.0f} {unit}/s | "
+                 f"mfu {mfu * 100:.1f}% | {seconds / steps * 1000:.0f} ms/step | mem {mem:.2f} GB | "
+                 f"{unit}s {s.tokens_seen:,}")
+        s.tracker.log_metrics({"train/loss": loss, "train/lr": lr, "train/grad_norm": gnorm,
+                               f"train/{unit}_per_s": rate, "train/mfu": mfu, "train/step_time_s": seconds / steps,
+                               "train/memory_gb": mem, f"train/{unit}s_seen": s.tokens_seen}, step)
+
+    def evaluate(self, step: int) -> dict:
+        from pretrain.evaluation import evaluate
+
+        metrics = evaluate(self.s, self.cfg)
+        if metrics:
+            D.print0(f"eval  {step:>7d} | " + " | ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            self.s.tracker.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step)
+        return metrics
+
+    def _save(self, step: int) -> None:
+        s, cfg = self.s, self.cfg
+        state = {
+            "step": step, "tokens_seen": s.tokens_seen, "skipped_steps": self.result.skipped_steps,
+            "world_size": D.world_size(), "data_parallel_size": s.dp_size,
+            "tensor_parallel_size": cfg.parallel.tensor_size, "zero_stage": cfg.parallel.zero_stage,
+            "mlflow_run_id": s.tracker.run_id, "family": s.family,
+            "last_loss": self.result.losses.get(step), "command": " ".join(sys.argv),
+        }
+        shared = {
+            "config.yaml": to_yaml(cfg).encode(),
+            "deepspeed.json": _json_bytes(deepspeed_config(cfg, D.world_size())),
+            "trainer_state.json": _json_bytes(state),
+            "data.json": _json_bytes(s.data_info),
+        }
+        tok = C.copy_if_exists(s.data_info.get("tokenizer_path"))
+        if tok is not None:
+            shared["tokenizer.model"] = tok
+        tag_dir = C.save(s.engine, cfg.train.run_dir, step,
+                         rank_files={"loader": s.train_loader.state_dict(), "rng": C.rng_state()},
+                         shared_files=shared, keep_last=cfg.checkpoint.keep_last)
+        self.result.checkpoint = str(tag_dir)
+        D.print0(f"[pretrain] checkpoint {tag_dir}")
+
+
+def _json_bytes(obj) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
+
+
+def _write_pids(run_dir: str) -> None:
+    """``<run_dir>/pids.json``: global rank -> (host-local) pid, for operators and drills."""
+    pids = [None] * D.world_size()
+    if D.world_size() > 1:
+        dist.all_gather_object(pids, os.getpid())
+    else:
+        pids = [os.getpid()]
+    if D.rank() == 0:
+        from data_pipeline.shards import write_json_atomic
+
+        write_json_atomic(Path(run_dir) / "pids.json", {str(r): p for r, p in enumerate(pids)})
+
+
+def train(cfg: Config) -> Result:
+    """Train per ``cfg`` in this rank (call it in every rank). Returns the run's ``Result``."""
+    D.init_distributed()
+    dp_size(cfg, D.world_size())  # the batch identity must hold for this world
+    Path(cfg.train.run_dir).mkdir(parents=True, exist_ok=True)
+    _write_pids(cfg.train.run_dir)
+    trainer = Trainer(cfg)
+    status = "FINISHED"
+    try:
+        result = trainer.run()
+        trainer.s.tracker.log_artifacts_end(cfg, trainer.result)
+        return result
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        if trainer.result.stopped_by == "signal":
+            status = "KILLED"
+        trainer.s.tracker.end(status)

@@ -1,0 +1,137 @@
+"""The trainer end to end: real processes, real gloo ranks under torchrun, real DeepSpeed engines.
+
+Each test runs ``pretrain train`` as a user would and reads ``metrics.jsonl`` and the checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from tests.dist.helpers import assert_close, losses, run_train, start_train, wait_for
+
+DEBUG = {"gpt": "configs/gpt/debug.yaml", "llama": "configs/gpt/debug-llama.yaml",
+         "bert": "configs/bert/debug.yaml", "vit": "configs/vit/debug.yaml"}
+
+
+def _common(tmp_path, name: str, steps: int, extra: list[str] = ()) -> list[str]:
+    return [f"train.run_dir={tmp_path / name}", f"train.steps={steps}", "tracking.enabled=false",
+            "train.log_every=5", *extra]
+
+
+@pytest.mark.parametrize("family", ["gpt", "bert", "vit"])
+def test_loss_goes_down_on_debug_models(tmp_path, family):
+    """On a small fixed synthetic set the model must fit: the last losses are well below the first."""
+    run_dir = tmp_path / family
+    run_train(DEBUG[family], _common(tmp_path, family, 40, ["data.synthetic_samples=64", "schedule.warmup_steps=2"]))
+    ls = losses(run_dir)
+    first, last = sum(ls[s] for s in (1, 2, 3)) / 3, sum(ls[s] for s in (38, 39, 40)) / 3
+    assert last < 0.85 * first, (first, last)
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step00000040"
+
+
+def test_zero_stages_give_the_same_losses(tmp_path):
+    """ZeRO 0, 1, 2 and 3 on 2 data-parallel ranks: same fp32 losses over 5 steps (1e-5 relative)."""
+    runs = {}
+    for stage in (0, 1, 2, 3):
+        name = f"zero{stage}"
+        run_train(DEBUG["gpt"], _common(tmp_path, name, 5, [f"parallel.zero_stage={stage}", "optim.grad_clip=1.0"]),
+                  nproc=2)
+        runs[stage] = losses(tmp_path / name)
+    for stage in (1, 2, 3):
+        assert_close(runs[0], runs[stage], rel=1e-5, steps=range(1, 6))
+    assert runs[0][5] < runs[0][1]
+
+
+def test_tensor2_x_data2_equals_tensor1_x_data4(tmp_path):
+    """Same global batch, same weights: the TP split changes the arithmetic order only."""
+    common = ["train.micro_batch_size=2", "train.global_batch_size=8", "model.dropout=0.0"]
+    run_train(DEBUG["llama"], _common(tmp_path, "tp2", 4, [*common, "parallel.tensor_size=2"]), nproc=4)
+    run_train(DEBUG["llama"], _common(tmp_path, "tp1", 4, [*common, "parallel.tensor_size=1",
+                                                          "train.micro_batch_size=1"]), nproc=4)
+    assert_close(losses(tmp_path / "tp1"), losses(tmp_path / "tp2"), rel=1e-5, steps=range(1, 5))
+
+
+def test_exact_resume_after_sigkill(tmp_path):
+    """20 steps straight vs 10 steps, SIGKILL of the whole job, resume for 10 more: same losses
+    at every step, same final weights."""
+    extra = ["checkpoint.every=10", "parallel.zero_stage=1", "data.synthetic_samples=100000"]
+    run_train(DEBUG["gpt"], _common(tmp_path, "straight", 20, extra), nproc=2)
+    straight = losses(tmp_path / "straight")
+
+    run_dir = tmp_path / "killed"
+    slow = {"PRETRAIN_TEST_STEP_SLEEP": "0.3"}
+    proc = start_train(DEBUG["gpt"], _common(tmp_path, "killed", 20, extra), nproc=2, extra_env=slow,
+                       log=tmp_path / "killed.log")
+    try:
+        wait_for(lambda: (run_dir / "checkpoints" / "latest").exists(), 240, what="first checkpoint")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step00000010"
+    run_train(DEBUG["gpt"], _common(tmp_path, "killed", 20, [*extra, "checkpoint.resume=auto"]), nproc=2)
+    resumed = losses(run_dir)
+    assert sorted(resumed) == list(range(1, 21))
+    for step in range(1, 21):
+        assert resumed[step] == straight[step], (step, resumed[step], straight[step])
+    from pretrain.models import from_checkpoint
+
+    a = from_checkpoint(tmp_path / "straight" / "checkpoints" / "step00000020").state_dict()
+    b = from_checkpoint(run_dir / "checkpoints" / "step00000020").state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] == b[k]).all(), k
+
+
+def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
+    run_dir = tmp_path / "term"
+    extra = ["data.synthetic_samples=100000", "tracking.enabled=true", f"tracking.uri=sqlite:///{tmp_path}/ml.db"]
+    common = _common(tmp_path, "term", 200, extra)
+    common.remove("tracking.enabled=false")
+    proc = start_train(DEBUG["gpt"], common, nproc=2, extra_env={"PRETRAIN_TEST_STEP_SLEEP": "0.2"},
+                       log=tmp_path / "term.log")
+    wait_for(lambda: (run_dir / "metrics.jsonl").exists() and len(losses(run_dir)) >= 3, 240, what="3 steps")
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0, (tmp_path / "term.log").read_text()[-3000:]
+    tag = (run_dir / "checkpoints" / "latest").read_text().strip()
+    stopped_at = int(tag.removeprefix("step"))
+    assert 3 <= stopped_at < 200
+    state = json.loads((run_dir / "checkpoints" / tag / "trainer_state.json").read_text())
+    run_train(DEBUG["gpt"], [*common, f"train.steps={stopped_at + 3}", "checkpoint.resume=auto"],
+              nproc=2)
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path}/ml.db")
+    run = client.get_run(state["mlflow_run_id"])
+    history = client.get_metric_history(run.info.run_id, "train/loss")
+    assert max(m.step for m in history) == stopped_at + 3  # the same run got the resumed steps
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+
+
+def test_nonfinite_steps_are_skipped_then_stop(tmp_path):
+    """NaN loss at steps 3 and 4 is skipped and counted; 3 in a row stops with a checkpoint."""
+    run_train(DEBUG["gpt"], _common(tmp_path, "nan", 8), extra_env={"PRETRAIN_FAULT_NAN_STEPS": "3,4"})
+    recs = [json.loads(x) for x in (tmp_path / "nan" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs if r["skipped"]] == [3, 4]
+    proc = run_train(DEBUG["gpt"], _common(tmp_path, "nan3", 10, ["train.max_nonfinite_in_row=3"]),
+                     extra_env={"PRETRAIN_FAULT_NAN_STEPS": "4,5,6"}, check=False)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "3 non-finite steps in a row" in proc.stderr
+    assert (tmp_path / "nan3" / "checkpoints" / "latest").read_text().strip() == "step00000006"
+
+
+def test_killing_one_rank_ends_the_job_nonzero_quickly(tmp_path):
+    run_dir = tmp_path / "die"
+    proc = start_train(DEBUG["gpt"], _common(tmp_path, "die", 100000, ["data.synthetic_samples=100000"]), nproc=2,
+                       extra_env={"PRETRAIN_TEST_STEP_SLEEP": "0.2"}, log=tmp_path / "die.log")
+    wait_for(lambda: (run_dir / "metrics.jsonl").exists(), 240, what="first step")
+    ranks = json.loads((run_dir / "pids.json").read_text())
+    t0 = time.monotonic()
+    os.kill(ranks["1"], signal.SIGKILL)
+    code = proc.wait(timeout=90)
+    assert code != 0
+    assert time.monotonic() - t0 < 60
