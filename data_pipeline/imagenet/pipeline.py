@@ -153,4 +153,5 @@ def build(cfg: BuildConfig) -> dict:
             plan = plan_shards(items, split, cfg.seed, cfg.shard_size)
             summaries = _run_shards(ray, cfg, split, plan, class_index)
             split_results[split] = (summaries, unlabeled)
+    remove_stale_temps(cfg.out)  # all our tasks are done: temps now can only be from a killed earlier run
     return outputs.write_outputs(cfg.out, classes, split_results, cfg.recorded(), previous)

@@ -78,6 +78,9 @@ def process_shard(out_dir: str, split: str, index: int, entries: list[tuple[int,
             except Rejected as e:
                 rejected.append(_reject_row(item, e.reason, e.detail))
                 continue
+            except Exception as e:  # a malformed file must cost one sample, never the shard
+                rejected.append(_reject_row(item, "corrupt", f"{type(e).__name__}: {e}"))
+                continue
             counts["kept"] += 1
             counts["reencoded" if processed.reencoded else "kept_original"] += 1
             counts["resized"] += int(processed.resized)

@@ -41,10 +41,38 @@ def _wait_for_shards(out: Path, proc: subprocess.Popen, n: int, timeout: float =
     raise AssertionError("the pipeline wrote no shard in time")
 
 
+def _session_pids(sid: int) -> list[int]:
+    """Live processes of session ``sid``: the CLI started with start_new_session and everything it
+    spawned (Ray puts its workers in their own process groups, but they stay in this session)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":  # fields: state, ppid, pgrp, session, ...
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of the run, as an OOM killer or a node loss would, and wait for them."""
+    deadline = time.monotonic() + 30
+    while (pids := _session_pids(sid)) and time.monotonic() < deadline:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
+    assert not _session_pids(sid), "processes of the killed run survived"
+
+
 def test_sigkill_mid_run_then_rerun_gives_identical_output(ray_cluster, tmp_path, capsys):
     root = tmp_path / "in"
     make_tree(root)
-    assert main(cli_args(root, tmp_path / "ref", "--num-cpus", "2")) == 0
+    assert main([a for a in cli_args(root, tmp_path / "ref", "--num-cpus", "2") if a != "--no-progress"]) == 0
+    assert "train: 10 shards: 100%" in capsys.readouterr().err  # the progress bar ran to the end
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "launch.cli", *cli_args(root, out, "--num-cpus", "1",
                                                                             "--debug-shard-delay", "0.4")],
@@ -53,8 +81,9 @@ def test_sigkill_mid_run_then_rerun_gives_identical_output(ray_cluster, tmp_path
         _wait_for_shards(out, proc, 2)
         assert proc.poll() is None, "the run finished before it could be killed"
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the CLI and the embedded Ray it started
+        os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+        _kill_session(proc.pid)  # and the embedded Ray it started, workers included
     assert not (out / "manifest.json").exists()
     done_before = {p.name: p.stat().st_mtime_ns for p in (out / "_state" / "train").glob("*.json")}
     shards_before = {p.name: p.stat().st_mtime_ns for p in (out / "train").glob("*.tar")}
@@ -93,3 +122,20 @@ def test_classes_file_missing_a_folder_exits_2(tmp_path, capsys):
     (tmp_path / "classes.txt").write_text("n01440764\nn01443537\n")
     assert main(cli_args(root, tmp_path / "out", "--split", "train", "--classes", str(tmp_path / "classes.txt"))) == 2
     assert "n09999999" in capsys.readouterr().err
+
+
+def test_rerun_repairs_damaged_shards_and_removes_stale_temps(ray_cluster, tmp_path):
+    root = tmp_path / "in"
+    make_tree(root, with_val=False)
+    out = tmp_path / "out"
+    args = cli_args(root, out, "--split", "train", "--num-cpus", "2")
+    assert main(args) == 0
+    ref = all_files(out)
+    shard = out / "train" / "shard-000001.tar"
+    shard.write_bytes(shard.read_bytes()[:1000])  # a torn shard under its final name
+    (out / "train" / "shard-000003.tar").unlink()
+    (out / "_state" / "train" / "shard-000004.json").unlink()  # killed between rename and state write
+    (out / "train" / "shard-000005.tar.tmp-999999").write_bytes(b"partial")
+    (out / "manifest.json").unlink()
+    assert main(args) == 0
+    assert all_files(out) == ref

@@ -186,3 +186,19 @@ def test_decompression_bomb_below_pillow_limit_is_refused_by_max_pixels():
                                             (1000, 10, 5, (500, 5)), (640, 480, 0, (640, 480))])
 def test_target_size_reduces_the_shorter_side_and_never_upscales(w, h, m, expected):
     assert target_size(w, h, m) == expected
+
+
+@pytest.mark.parametrize("name", ["big_0.JPEG", "wide_0.png", "grey_0.JPEG", "rotated_0.JPEG"])
+def test_damaged_files_are_processed_or_rejected_never_crash(name):
+    """Random byte damage: the result is an RGB JPEG or a documented rejection, never another exception."""
+    data = bytearray(image_kinds(0)[name][0])
+    rng = np.random.default_rng(1)
+    for trial in range(40):
+        damaged = bytearray(data)
+        for i in rng.integers(0, len(damaged), size=1 + trial % 8):
+            damaged[i] = int(rng.integers(0, 256))
+        try:
+            out = process_image(bytes(damaged), OPTS)
+            assert Image.open(io.BytesIO(out.jpeg)).mode == "RGB"
+        except Rejected as e:
+            assert e.reason in {"corrupt", "truncated", "not_an_image", "unsupported_format", "decompression_bomb"}
