@@ -1,0 +1,465 @@
+"""MLflow tracking that never stops training: rank 0 only, background delivery, buffered retries.
+
+``make_tracker(cfg, rank)`` returns a ``Tracker`` on global rank 0 (when ``tracking.enabled``) and a
+``NullTracker`` elsewhere. The tracking URI is ``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else
+``sqlite:///mlflow.db`` in the working directory.
+
+Every call on the training thread only appends to an in-memory queue and returns; one daemon thread
+talks to MLflow. When the store is unreachable (connection refused, timeout, 5xx), the thread keeps
+the queue, logs exactly one warning for the outage, and retries with exponential backoff (capped),
+so metrics reach the server once it is back. Metrics beyond ``max_buffer`` drop the oldest (counted
+in ``dropped``). Requests the store rejects for good (e.g. changing a param of a resumed run) are
+dropped with their own warning. HTTP stores get ``MLFLOW_HTTP_REQUEST_MAX_RETRIES=0`` and a short
+``MLFLOW_HTTP_REQUEST_TIMEOUT`` unless the user set them, so one attempt never blocks for long --
+we do our own retrying. Artifacts are copied to a staging directory when queued, so a file the
+trainer rewrites later (e.g. the loss plot) is uploaded as it was when logged.
+
+Resume: ``start(cfg, run_id=<saved id>)`` reopens that run (status back to RUNNING) and appends to it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pretrain.config import Config, flatten, to_dict
+
+log = logging.getLogger("pretrain.tracking")
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+MAX_PARAM_VALUE = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
+_BATCH = 1000  # MLflow's log_batch limit for metrics
+_PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST",
+              "INVALID_STATE", "PERMISSION_DENIED", "UNAUTHENTICATED", "RESOURCE_LIMIT_EXCEEDED"}
+
+
+def resolve_uri(uri: str | None) -> str:
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for outages worth retrying; False for requests the store refuses outright."""
+    code = getattr(exc, "error_code", None)
+    return code not in _PERMANENT
+
+
+def truncate_params(params: dict[str, Any]) -> dict[str, str]:
+    """Stringify and cut values to MLflow's limit (``...`` marks a cut)."""
+    out = {}
+    for k, v in params.items():
+        s = "null" if v is None else str(v)
+        out[k] = s if len(s) <= MAX_PARAM_VALUE else s[: MAX_PARAM_VALUE - 3] + "..."
+    return out
+
+
+def plot_curves(history: dict[str, list[tuple[int, float]]], path: str | Path, title: str = "loss") -> Path:
+    """A PNG of each metric's (step, value) points against step (matplotlib Agg, no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for key, points in sorted(history.items()):
+        if points:
+            steps, values = zip(*sorted(points))
+            ax.plot(steps, values, label=key, marker="." if len(points) < 50 else None)
+    ax.set_xlabel("step")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if history:
+        ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+@dataclass
+class _Metric:
+    seq: int
+    key: str
+    value: float
+    step: int
+    timestamp: int
+
+
+class NullTracker:
+    """The tracker of non-zero ranks and of ``tracking.enabled=false``: accepts everything, does nothing."""
+
+    run_id: str | None = None
+    buffered = 0
+    dropped = 0
+    degraded = False
+
+    def start(self, cfg: Config | None = None, run_id: str | None = None, wait: float = 30.0) -> str | None:
+        return None
+
+    def log_params(self, params) -> None: ...
+    def set_tags(self, tags: dict) -> None: ...
+    def log_metrics(self, metrics: dict, step: int) -> None: ...
+    def log_artifact(self, path, artifact_path: str | None = None) -> None: ...
+    def log_artifacts(self, path, artifact_path: str | None = None) -> None: ...
+    def log_text(self, text: str, artifact_file: str) -> None: ...
+    def log_loss_plot(self, filename: str = "loss_curve.png") -> None: ...
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        return True
+
+    def end(self, status: str = "FINISHED", timeout: float = 10.0) -> None: ...
+
+
+class Tracker(NullTracker):
+    """Rank 0's MLflow client with a background sender (see the module docstring)."""
+
+    def __init__(self, uri: str | None = None, experiment: str = "pretrain", run_name: str | None = None,
+                 tags: dict[str, str] | None = None, system_metrics: bool = False, max_buffer: int = 100_000,
+                 retry_interval: float = 1.0, max_retry_interval: float = 30.0, history_filter: str = "loss"):
+        self.uri = resolve_uri(uri)
+        if self.uri.startswith(("http://", "https://")):
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        self.experiment, self.run_name, self.tags = experiment, run_name, dict(tags or {})
+        self.system_metrics, self.max_buffer = system_metrics, max_buffer
+        self.retry_interval, self.max_retry_interval = retry_interval, max_retry_interval
+        self.history_filter = history_filter
+        self.history: dict[str, list[tuple[int, float]]] = {}
+        self.run_id: str | None = None
+        self.dropped = 0
+        self.degraded = False
+        self.warnings = 0  # outage warnings issued (one per tracker)
+        self._cv = threading.Condition()
+        self._ops: deque[tuple] = deque()
+        self._metrics: deque[_Metric] = deque()
+        self._seq = itertools.count()
+        self._started = self._closing = self._abandon = False
+        self._attempted = threading.Event()  # set after the first start attempt (success or failure)
+        self._staging = Path(tempfile.mkdtemp(prefix="pretrain-mlflow-"))
+        self._client = None
+        self._monitor = None
+        self._thread = threading.Thread(target=self._loop, name="mlflow-tracker", daemon=True)
+
+    # ------------------------------------------------------------------------------------------
+    # training-thread API: queue and return
+    # ------------------------------------------------------------------------------------------
+    def start(self, cfg: Config | None = None, run_id: str | None = None, wait: float = 30.0) -> str | None:
+        """Create (or, with ``run_id``, reopen) the run. Waits up to ``wait`` seconds for the first
+        attempt and returns the run id, or None if the store is unreachable (retried in background)."""
+        if self._started:
+            return self.run_id
+        self._started = True
+        if cfg is not None:
+            t = cfg.tracking
+            self.experiment, self.run_name = t.experiment, t.run_name or self.run_name
+            self.tags.update(t.tags)
+            self.system_metrics = self.system_metrics or t.system_metrics
+        self._enqueue(("start", run_id))
+        self._thread.start()
+        atexit.register(self._at_exit)
+        self._attempted.wait(wait)
+        return self.run_id
+
+    def log_params(self, params) -> None:
+        """Log a Config, a nested dict or a flat dict as params (flattened ``a.b.c`` keys)."""
+        if isinstance(params, Config):
+            params = to_dict(params)
+        self._enqueue(("params", truncate_params(flatten(dict(params)))))
+
+    def set_tags(self, tags: dict) -> None:
+        self._enqueue(("tags", {str(k): str(v) for k, v in tags.items()}))
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        now = int(time.time() * 1000)
+        with self._cv:
+            for key, value in metrics.items():
+                value = float(value)
+                if len(self._metrics) >= self.max_buffer:
+                    self._metrics.popleft()
+                    self.dropped += 1
+                self._metrics.append(_Metric(next(self._seq), key, value, int(step), now))
+                if self.history_filter in key:
+                    self.history.setdefault(key, []).append((int(step), value))
+            self._cv.notify()
+
+    def log_artifact(self, path, artifact_path: str | None = None) -> None:
+        """Log a file (or a directory, as ``artifact_path/<its name>``), copied now, sent later."""
+        src = Path(path)
+        if src.is_dir():
+            sub = f"{artifact_path}/{src.name}" if artifact_path else src.name
+            return self.log_artifacts(src, sub)
+        if not src.is_file():
+            log.warning("not logging artifact %s: no such file", src)
+            return
+        dst = Path(tempfile.mkdtemp(dir=self._staging)) / src.name
+        shutil.copy2(src, dst)
+        self._enqueue(("artifact", str(dst), artifact_path, False))
+
+    def log_artifacts(self, path, artifact_path: str | None = None) -> None:
+        """Log the contents of directory ``path`` under ``artifact_path`` (MLflow's semantics)."""
+        src = Path(path)
+        if not src.is_dir():
+            log.warning("not logging artifacts %s: not a directory", src)
+            return
+        dst = Path(tempfile.mkdtemp(dir=self._staging)) / src.name
+        shutil.copytree(src, dst)
+        self._enqueue(("artifact", str(dst), artifact_path, True))
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """Log ``text`` as the artifact ``artifact_file`` (e.g. ``config/resolved.yaml``)."""
+        rel = Path(artifact_file)
+        dst = Path(tempfile.mkdtemp(dir=self._staging)) / rel.name
+        dst.write_text(text)
+        self._enqueue(("artifact", str(dst), str(rel.parent) if str(rel.parent) != "." else None, False))
+
+    def log_loss_plot(self, filename: str = "loss_curve.png") -> None:
+        """Plot every logged metric whose name contains ``history_filter`` and log the PNG."""
+        with self._cv:
+            history = {k: list(v) for k, v in self.history.items()}
+        path = Path(tempfile.mkdtemp(dir=self._staging)) / filename
+        plot_curves(history, path)
+        self._enqueue(("artifact", str(path), "plots", False))
+
+    @property
+    def buffered(self) -> int:
+        """Metrics queued and not yet accepted by the store."""
+        with self._cv:
+            return len(self._metrics)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait up to ``timeout`` s for everything queued to be delivered; True if it was."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            self._cv.notify_all()
+            while self._ops or self._metrics:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._thread.is_alive():
+                    return False
+                self._cv.wait(min(left, 0.1))
+        return True
+
+    def end(self, status: str = "FINISHED", timeout: float = 10.0) -> None:
+        """Deliver what is queued (up to ``timeout`` s), mark the run ``status`` and stop the sender."""
+        if not self._started:
+            return
+        self._enqueue(("end", status))
+        delivered = self.flush(timeout)
+        with self._cv:
+            self._closing = True
+            if not delivered:
+                self._abandon = True
+                log.warning("MLflow at %s: gave up with %d metrics and %d other records undelivered",
+                            self.uri, len(self._metrics), len(self._ops))
+            self._cv.notify_all()
+        self._thread.join(timeout=max(1.0, timeout))
+        shutil.rmtree(self._staging, ignore_errors=True)
+
+    def _enqueue(self, op: tuple) -> None:
+        with self._cv:
+            self._ops.append(op)
+            self._cv.notify()
+
+    def _at_exit(self) -> None:
+        if self._thread.is_alive() and not self._closing:
+            self.flush(5.0)
+
+    # ------------------------------------------------------------------------------------------
+    # sender thread
+    # ------------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        backoff = self.retry_interval
+        while True:
+            with self._cv:
+                while not (self._ops or self._metrics or self._closing):
+                    self._cv.wait()
+                if self._abandon or (self._closing and not (self._ops or self._metrics)):
+                    return
+            if self._drain():
+                backoff = self.retry_interval
+                continue
+            with self._cv:  # outage: wait, but wake at once for end()
+                if not self._abandon:
+                    self._cv.wait(backoff)
+                if self._abandon:
+                    return
+            backoff = min(backoff * 2, self.max_retry_interval)
+
+    def _drain(self) -> bool:
+        """Send queued ops in order, then metrics in batches. False on an outage (retry later)."""
+        while True:
+            with self._cv:
+                if not self._ops or self._abandon:
+                    break
+                op = self._ops[0]
+            if op[0] != "start" and self.run_id is None:
+                return False  # unreachable while start is still queued at the front
+            if not self._attempt(lambda op=op: self._apply(op), what=op[0]):
+                return False
+            with self._cv:
+                self._ops.popleft()
+                self._cv.notify_all()
+        if self.run_id is None:
+            return not self._metrics  # metrics wait for the run; back off instead of spinning
+        while True:
+            with self._cv:
+                chunk = list(itertools.islice(self._metrics, 0, _BATCH))
+            if not chunk or self._abandon:
+                break
+            if not self._attempt(lambda chunk=chunk: self._send_metrics(chunk), what="metrics"):
+                return False
+            with self._cv:
+                last = chunk[-1].seq
+                while self._metrics and self._metrics[0].seq <= last:
+                    self._metrics.popleft()
+                self._cv.notify_all()
+        return True
+
+    def _attempt(self, fn, what: str) -> bool:
+        """Run one request. True when done (or refused for good and dropped), False on an outage."""
+        try:
+            fn()
+        except Exception as e:  # never let anything out of the sender
+            if what == "start":
+                self._attempted.set()
+            if is_transient(e):
+                if not self.degraded:
+                    self.degraded = True
+                    if self.warnings == 0:
+                        self.warnings += 1
+                        log.warning("MLflow at %s is unreachable (%s); training continues, metrics are buffered "
+                                    "and retried", self.uri, _short(e))
+                return False
+            log.warning("MLflow refused %s and it was dropped: %s", what, _short(e))
+            return True
+        if self.degraded:
+            self.degraded = False
+            log.info("MLflow at %s is reachable again; sending buffered records", self.uri)
+        return True
+
+    def _mlflow(self):
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def _apply(self, op: tuple) -> None:
+        from mlflow.entities import Param, RunTag
+
+        client, kind = self._mlflow(), op[0]
+        if kind == "start":
+            self._start_run(op[1])
+        elif kind == "params":
+            items = [Param(k, v) for k, v in op[1].items()]
+            for i in range(0, len(items), 100):
+                self._log_params_chunk(items[i:i + 100])
+        elif kind == "tags":
+            client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in op[1].items()])
+        elif kind == "artifact":
+            _, path, artifact_path, is_dir = op
+            if is_dir:
+                client.log_artifacts(self.run_id, path, artifact_path)
+            else:
+                client.log_artifact(self.run_id, path, artifact_path)
+            shutil.rmtree(Path(path).parent, ignore_errors=True)
+        elif kind == "end":
+            if self._monitor is not None:
+                self._stop_monitor()
+            client.set_terminated(self.run_id, status=op[1])
+
+    def _log_params_chunk(self, items) -> None:
+        try:
+            self._mlflow().log_batch(self.run_id, params=items)
+        except Exception as e:
+            if is_transient(e) or len(items) == 1:
+                raise
+            for p in items:  # a resumed run with a changed value: keep the others
+                try:
+                    self._mlflow().log_batch(self.run_id, params=[p])
+                except Exception as inner:
+                    if is_transient(inner):
+                        raise
+                    log.warning("MLflow kept param %s unchanged (%s)", p.key, _short(inner))
+
+    def _send_metrics(self, chunk: list[_Metric]) -> None:
+        from mlflow.entities import Metric
+
+        self._mlflow().log_batch(self.run_id, metrics=[Metric(m.key, m.value, m.timestamp, m.step) for m in chunk])
+
+    def _start_run(self, run_id: str | None) -> None:
+        client = self._mlflow()
+        if run_id is not None:
+            try:
+                client.get_run(run_id)
+            except Exception as e:
+                if is_transient(e):
+                    raise
+                log.warning("MLflow run %s not found at %s; starting a new run", run_id, self.uri)
+                run_id = None
+        if run_id is None:
+            exp = client.get_experiment_by_name(self.experiment)
+            exp_id = exp.experiment_id if exp is not None else client.create_experiment(self.experiment)
+            run = client.create_run(exp_id, run_name=self.run_name, tags=self.tags)
+            self.run_id = run.info.run_id
+        else:
+            client.update_run(run_id, status="RUNNING")
+            self.run_id = run_id
+            self._load_history()
+        self._attempted.set()
+        if self.system_metrics:
+            self._start_monitor(resumed=run_id is not None)
+
+    def _load_history(self) -> None:
+        """Prepend the resumed run's earlier points of the plotted metrics, for a continuous plot."""
+        client = self._mlflow()
+        for key in client.get_run(self.run_id).data.metrics:
+            if self.history_filter in key:
+                old = [(m.step, m.value) for m in client.get_metric_history(self.run_id, key)]
+                with self._cv:
+                    self.history[key] = old + self.history.get(key, [])
+
+    def _start_monitor(self, resumed: bool) -> None:
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(self.run_id, resume_logging=resumed, tracking_uri=self.uri)
+            self._monitor.start()
+        except Exception as e:  # optional extra; never fatal
+            log.warning("system metrics unavailable: %s", _short(e))
+            self._monitor = None
+
+    def _stop_monitor(self) -> None:
+        try:
+            self._monitor.finish()
+        except Exception as e:
+            log.warning("stopping system metrics failed: %s", _short(e))
+        self._monitor = None
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def tracker_from_config(cfg: Config) -> Tracker:
+    t = cfg.tracking
+    return Tracker(uri=t.uri, experiment=t.experiment, run_name=t.run_name, tags=t.tags,
+                   system_metrics=t.system_metrics)
+
+
+def make_tracker(cfg: Config, rank: int) -> NullTracker:
+    """A real ``Tracker`` on global rank 0 with tracking enabled, else a ``NullTracker``."""
+    if rank != 0 or not cfg.tracking.enabled:
+        return NullTracker()
+    return tracker_from_config(cfg)
