@@ -135,26 +135,27 @@ def process_image(data: bytes, options: ImageOptions) -> Processed:
     orig_w, orig_h = (raw_h, raw_w) if swap else (raw_w, raw_h)
     out_w, out_h = target_size(orig_w, orig_h, options.max_size)
     resize = (out_w, out_h) != (orig_w, orig_h)
-    if resize and im.format == "JPEG":
+    if resize and im.format in ("JPEG", "MPO"):
         im.draft(im.mode, (out_h, out_w) if swap else (out_w, out_h))  # DCT-domain downscale, >= target
     _load(im)
     if im.format == "JPEG" and im.mode == "RGB" and orientation == 1 and not resize:
         return Processed(data, raw_w, raw_h, raw_w, raw_h, reencoded=False, resized=False)
     if orientation != 1:
         im = ImageOps.exif_transpose(im)
+    icc = im.info.get("icc_profile") if im.mode == "RGB" else None  # an RGB profile stays valid for RGB pixels
     try:
         rgb = _to_rgb(im)
         if rgb.size != (out_w, out_h):
             rgb = rgb.resize((out_w, out_h), RESAMPLE)
     except (OSError, ValueError) as e:
         raise Rejected("corrupt", f"convert: {e}") from None
-    return Processed(encode_jpeg(rgb, options.quality), out_w, out_h, orig_w, orig_h, reencoded=True, resized=resize)
+    return Processed(encode_jpeg(rgb, options.quality, icc), out_w, out_h, orig_w, orig_h, reencoded=True, resized=resize)
 
 
-def encode_jpeg(im: Image.Image, quality: int) -> bytes:
+def encode_jpeg(im: Image.Image, quality: int, icc_profile: bytes | None = None) -> bytes:
     """Baseline JPEG without EXIF (orientation is already applied to the pixels)."""
     buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=quality)
+    im.save(buf, format="JPEG", quality=quality, **({"icc_profile": icc_profile} if icc_profile else {}))
     return buf.getvalue()
 
 

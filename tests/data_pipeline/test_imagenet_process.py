@@ -202,3 +202,13 @@ def test_damaged_files_are_processed_or_rejected_never_crash(name):
             assert Image.open(io.BytesIO(out.jpeg)).mode == "RGB"
         except Rejected as e:
             assert e.reason in {"corrupt", "truncated", "not_an_image", "unsupported_format", "decompression_bomb"}
+
+
+def test_resized_rgb_jpeg_keeps_its_icc_profile_and_cmyk_drops_its_own():
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    out = process_image(encode(rgb_image(120, 90), "JPEG", icc_profile=icc), OPTS)
+    assert out.resized and Image.open(io.BytesIO(out.jpeg)).info.get("icc_profile") == icc
+    cmyk = encode(rgb_image(64, 64).convert("CMYK"), "JPEG", icc_profile=b"not an rgb profile")
+    assert "icc_profile" not in Image.open(io.BytesIO(process_image(cmyk, OPTS).jpeg)).info
