@@ -1,7 +1,7 @@
 """Replacing e-mail addresses and public IP addresses (as datatrove's PIIFormatter and FineWeb do).
 
 IPv4 and IPv6 candidates are checked with :mod:`ipaddress` and only global addresses are replaced,
-so version numbers like 1.2.3.4 in prose that are not addresses stay as they are only when invalid.
+so private addresses, times like 12:30:45 and version strings that are not valid addresses stay.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import re
 EMAIL = re.compile(r"\b[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
                    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,}\b")
 IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
-IPV6 = re.compile(r"(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{0,4}(?![0-9A-Fa-f:])")
+IPV6 = re.compile(r"(?<![0-9A-Fa-f:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![0-9A-Fa-f:])")
 
 
 def _ip_replacer(replacement: str, counter: list[int]):
