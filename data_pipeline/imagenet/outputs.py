@@ -20,6 +20,16 @@ VERSION = 1
 REJECT_COLUMNS = ("split", "source", "wnid", "reason", "detail")
 
 
+def existing_classes(out_dir: str | Path) -> list[dict] | None:
+    """The class index of image shards already in ``out_dir`` (so a later ``--split val`` run labels
+    with the index the train split was written with), or None."""
+    try:
+        old = json.loads((Path(out_dir) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return old.get("classes") if old.get("format") == FORMAT else None
+
+
 def previous_splits(out_dir: str | Path, classes: list[dict], splits: list[str]) -> dict:
     """Split entries of an existing manifest in ``out_dir`` that this run does not rewrite."""
     path = Path(out_dir) / "manifest.json"

@@ -2,7 +2,8 @@
 
 Order of work, and why it makes output independent of worker count and restarts:
 
-1. scan every requested split (sorted by source) and build the class index;
+1. scan every requested split (sorted by source) and build the class index (or reuse the index of
+   shards already in ``--out`` when it covers these classes, so train and val may run separately);
 2. shuffle each split's labelled files with a seeded RNG and cut the shuffled list into shards of
    ``shard_size`` planned files -- so which file lands in which shard, and at which key, is fixed
    before any image is decoded;
@@ -138,7 +139,9 @@ def build(cfg: BuildConfig) -> dict:
     if not wnids:
         raise InputError(f"--input {cfg.input}: no labelled files found for split(s) {', '.join(cfg.splits)}")
     meta_dirs = [d for s in scans.values() for d in s.meta_dirs]
-    classes = build_classes(wnids, Path(cfg.classes_file) if cfg.classes_file else None, meta_dirs)
+    classes = outputs.existing_classes(cfg.out)
+    if cfg.classes_file or not classes or not wnids <= {c["wnid"] for c in classes}:
+        classes = build_classes(wnids, Path(cfg.classes_file) if cfg.classes_file else None, meta_dirs)
     previous = outputs.previous_splits(cfg.out, classes, cfg.splits)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     remove_stale_temps(cfg.out)

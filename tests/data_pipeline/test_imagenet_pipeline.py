@@ -205,6 +205,22 @@ def test_kaggle_layout_and_a_bare_imagefolder_tree_give_the_same_train_shards(ra
         assert m["splits"]["train"]["shards"] == m2["splits"]["train"]["shards"]
 
 
+def test_a_later_val_run_reuses_the_train_class_index_and_keeps_train(ray_cluster, tree, built, tmp_path):
+    root, _ = tree
+    _, m2, _ = built
+    out = tmp_path / "out"
+    build(config(root, out, splits=["train"]))
+    only = tmp_path / "in" / "val" / "n09999999"
+    only.mkdir(parents=True)
+    for f in sorted((root / "train" / "n09999999").glob("*big*")):
+        (only / f.name).write_bytes(f.read_bytes())
+    m = build(config(tmp_path / "in", out, splits=["val"]))
+    assert m["classes"] == m2["classes"] and sorted(m["splits"]) == ["train", "val"]
+    assert m["splits"]["train"] == m2["splits"]["train"]
+    assert [int(s["cls"]) for s in read_samples(out, m, "val")] == [2]  # n09999999 is index 2 of 3, not 0 of 1
+    assert sorted(json.loads((out / "_info.json").read_text())["splits"]) == ["train", "val"]
+
+
 def test_bad_input_is_refused_with_the_thing_named(tmp_path):
     with pytest.raises(InputError, match="--input"):
         build(config(tmp_path / "missing", tmp_path / "o"))
