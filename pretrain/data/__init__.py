@@ -21,7 +21,7 @@ from pretrain.data.image import normalization
 from pretrain.data.loader import Loader, StreamSpec, text_specials
 from pretrain.data.sources import SYNTHETIC_SPECIALS, read_manifest
 
-__all__ = ["Loader", "StreamSpec", "build_loader", "data_info", "image_size", "text_specials"]
+__all__ = ["Loader", "StreamSpec", "build_loader", "build_spec", "data_info", "image_size", "text_specials"]
 
 
 def image_size(cfg: Config) -> int:
