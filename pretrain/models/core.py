@@ -187,8 +187,11 @@ class Transformer(nn.Module):
 
 
 def padding_mask(attention_mask: torch.Tensor | None, causal: bool, seq_len: int) -> torch.Tensor | None:
-    """[B, T] 1/0 padding mask -> SDPA bool mask [B, 1, T or 1, T] (True = may attend), or None."""
-    if attention_mask is None:
+    """[B, T] 1/0 padding mask -> SDPA bool mask [B, 1, T or 1, T] (True = may attend), or None.
+
+    A mask without padding becomes None, as in HF: SDPA then takes its fused (flash) kernels,
+    which do not accept an explicit mask."""
+    if attention_mask is None or bool(attention_mask.all()):
         return None
     keys = attention_mask.bool()[:, None, None, :]
     if not causal:
