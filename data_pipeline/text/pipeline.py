@@ -56,16 +56,16 @@ def _stage1_task(inp: InputFile, key: str, opts: TextOptions, work: str, retries
 
         try:
             fetch(inp.url, inp.path, retries=retries)
-        except OSError as e:  # a file that cannot be fetched is a counted error, like a corrupt one
-            counts = {"key": key, "source": inp.source, "records": {}, "skipped": {}, "error": str(e),
-                      "documents": 0, "kept_stage1": 0, "dropped": {}}
+        except OSError as e:
+            # a file that cannot be fetched is a counted error, like a corrupt one; no done-marker is
+            # written, so a rerun tries the download again
             from data_pipeline.text.process import KEPT_SCHEMA, _write_table
 
             _write_table(Path(work) / f"{key}.kept.parquet", {n: [] for n in KEPT_SCHEMA.names}, KEPT_SCHEMA)
             _write_table(Path(work) / f"{key}.rejected.parquet", {n: [] for n in REJECTED_SCHEMA.names},
                          REJECTED_SCHEMA)
-            write_json_atomic(Path(work) / f"{key}.json", counts)
-            return counts
+            return {"key": key, "source": inp.source, "records": {}, "skipped": {}, "error": str(e),
+                    "documents": 0, "kept_stage1": 0, "dropped": {}}
     return process_file(inp.path, inp.source, key, opts, Path(work))
 
 
@@ -108,8 +108,8 @@ class Runner:
         task = self._remote(_stage1_task)
         todo = [(i, k) for i, k in enumerate(self.keys) if not (stage1 / f"{k}.json").is_file()]
         refs = [task.remote(self.inputs[i], k, self.opts, str(stage1), self.retries) for i, k in todo]
-        self._wait(refs, "read+filter")
-        return [json.loads((stage1 / f"{k}.json").read_text()) for k in self.keys]
+        fresh = {k: counts for (_, k), counts in zip(todo, self._wait(refs, "read+filter"))}
+        return [fresh[k] if k in fresh else json.loads((stage1 / f"{k}.json").read_text()) for k in self.keys]
 
     def dedup(self) -> dict[str, dict[int, tuple[str, str]]]:
         """Global exact + near dedup over all files; {key: {row: (reason, kept id)}}."""

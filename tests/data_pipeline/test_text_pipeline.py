@@ -25,6 +25,7 @@ import webdataset as wds
 
 from data_pipeline.text.config import TextOptions
 from data_pipeline.text.pipeline import InputFile, run_pipeline
+from tests.conftest import shared_data_dir
 from tests.data_pipeline.warc_factory import build_corpus
 
 REPO = Path(__file__).resolve().parents[2]
@@ -242,3 +243,64 @@ def test_sigkill_after_first_shard_then_rerun_is_identical(reference, sources_in
     assert result.returncode == 0, result.stdout + result.stderr
     assert {p: p.stat().st_mtime_ns for p in written} == written  # finished shards were not written again
     _same_as_reference(out, reference)
+
+
+def test_shared_real_files_counts_add_up_and_corrupt_files_are_counted_errors(ray_started, tmp_path):
+    folder = shared_data_dir("commoncrawl")
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    inputs = [InputFile(path=str(p), source=p.name) for p in files]
+    opts = TextOptions(langs=(), vocab_size=600, sample_tokens=4096, val_fraction=0.0)
+    m = run_pipeline(inputs, tmp_path / "out", opts, progress=False)
+    per_file = {f["source"]: f for f in m["counts"]["files"]}
+    assert set(per_file) == {p.name for p in files}
+    rejected = Counter(r["source"] for r in rejected_rows(tmp_path / "out"))
+    for name, f in per_file.items():
+        assert f["documents"] == f["kept"] + sum(f["dropped"].values()), name
+        assert rejected[name] == sum(f["dropped"].values()), name
+        html = f["records"].get("response", 0) - f["skipped"].get("non_html", 0)
+        assert f["documents"] == html + f["records"].get("conversion", 0), name
+    errors = {n for n, f in per_file.items() if f["error"]}
+    assert errors == {"warcio-example-trunc.warc", "warcio-bad.arc", "resiliparse-clipped.warc.gz",
+                      "CC-MAIN-2024-22.warc.paths.gz"}
+    assert per_file["resiliparse-clipped.warc.gz"]["dropped"] == {"read/truncated": 1}
+    assert per_file["pywb-iana.warc.gz"]["documents"] == 20 and per_file["dolma-sample-0000.warc.gz"]["documents"] == 22
+    assert per_file["resiliparse-clueweb09-quirk.warc.gz"]["documents"] == 29
+    assert m["counts"]["total"]["files_with_errors"] == 4 and m["counts"]["total"]["kept"] >= 20
+    assert m["counts"]["total"]["kept"] == m["splits"]["train"]["documents"]
+
+
+def test_crawl_download_from_a_local_server(ray_started, corpus, tmp_path, capsys):
+    """--crawl reads <format>.paths.gz from --base-url, downloads (surviving a cut-off response) and
+    processes the files; the result equals the same files given with --input."""
+    import gzip
+    import shutil
+
+    from data_pipeline.text import cli
+    from tests.data_pipeline.range_server import RangeServer
+
+    root = tmp_path / "www"
+    seg = root / "crawl-data/CC-MAIN-2024-22/segments/1"
+    seg.mkdir(parents=True)
+    rel = []
+    for f in corpus["files"]:
+        if f.endswith(".gz"):
+            shutil.copy(f, seg / os.path.basename(f))
+            rel.append(f"crawl-data/CC-MAIN-2024-22/segments/1/{os.path.basename(f)}")
+    with gzip.open(root / "crawl-data/CC-MAIN-2024-22/warc.paths.gz", "wt") as fh:
+        fh.write("\n".join(rel + ["crawl-data/CC-MAIN-2024-22/segments/1/not-there.warc.gz"]) + "\n")
+    parser = __import__("argparse").ArgumentParser()
+    cli.add_arguments(parser)
+    with RangeServer(root) as server:
+        server.cut_off[rel[0]] = 1
+        args = parser.parse_args(["--crawl", "CC-MAIN-2024-22", "--format", "warc", "--max-files", "3",
+                                  "--base-url", server.url, "--retries", "2", "-o", str(tmp_path / "out"),
+                                  "--vocab-size", "800", "--no-progress", "--langs", "en"])
+        assert cli.run(args) == 0
+        assert sum(1 for p, r in server.requests if p == "/" + rel[0] and r) == 1  # resumed with Range
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    files = {f["source"]: f for f in m["counts"]["files"]}
+    assert files[rel[0]]["documents"] == corpus["html_documents"]["a.warc.gz"]
+    assert files[rel[1]]["documents"] == corpus["html_documents"]["c.warc.wet.gz"]
+    assert "HTTP 404" in files["crawl-data/CC-MAIN-2024-22/segments/1/not-there.warc.gz"]["error"]
+    assert (tmp_path / "out" / "_downloads" / rel[0]).read_bytes() == Path(corpus["files"][0]).read_bytes()
+    assert "tar overhead" in capsys.readouterr().out
