@@ -15,9 +15,11 @@ Rejected files keep their planned slot empty, so a shard may hold fewer than ``s
 
 from __future__ import annotations
 
+import os
 import random
 import sys
-from dataclasses import asdict, dataclass, field
+from collections import deque
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from data_pipeline.imagenet import outputs
@@ -87,11 +89,11 @@ def _run_shards(ray, cfg: BuildConfig, split: str, plan, class_index: dict[str, 
     task = ray.remote(num_cpus=1, max_retries=2)(process_shard)
     class_ref = ray.put(class_index)
     pending: dict = {}
-    queue = list(todo)
+    queue = deque(todo)
     try:
         while queue or pending:
-            while queue and len(pending) < parallelism:
-                index, entries, fp = queue.pop(0)
+            while queue and len(pending) < 2 * parallelism:  # one queued behind each running task
+                index, entries, fp = queue.popleft()
                 ref = task.remote(cfg.out, split, index, entries, class_ref, options, fp, cfg.shard_delay_s)
                 pending[ref] = index
             ready, _ = ray.wait(list(pending), num_returns=1)
@@ -133,6 +135,7 @@ def _check_config(cfg: BuildConfig) -> None:
 def build(cfg: BuildConfig) -> dict:
     """Run the whole pipeline; returns the manifest it wrote. Raises InputError for bad input."""
     _check_config(cfg)
+    cfg = replace(cfg, input=os.path.abspath(cfg.input), out=os.path.abspath(cfg.out))  # workers have another cwd
     scans = {split: scan_split(cfg.input, split) for split in cfg.splits}
     labelled = {split: _labelled(s) for split, s in scans.items()}
     wnids = {it.wnid for items, _ in labelled.values() for it in items}
