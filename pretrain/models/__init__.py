@@ -12,20 +12,22 @@ Every model has ``.config`` (the ModelConfig), ``forward``, ``encode``, ``loss(b
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from pretrain.config import ModelConfig
 from pretrain.models.bert import Bert
 from pretrain.models.gpt import GPT
-from pretrain.models.init import init_weights, materialize
+from pretrain.models.init import full_shape, init_weights, materialize
 from pretrain.models.presets import PRESETS, preset
 from pretrain.models.vit import ViT
 
 FAMILIES = {"gpt": GPT, "bert": Bert, "vit": ViT}
 
 __all__ = ["FAMILIES", "PRESETS", "Bert", "GPT", "ViT", "build_model", "count_parameters", "from_hf",
-           "init_weights", "materialize", "preset", "to_hf"]
+           "init_weights", "materialize", "parameter_kind", "preset", "to_hf"]
 
 
 def build_model(model_config: ModelConfig, device: str | torch.device = "cpu", seed: int = 0, **kwargs) -> nn.Module:
@@ -46,14 +48,32 @@ def _embedding_names(model: nn.Module) -> set[str]:
     return {n for n, _ in model.named_parameters() if n in names}
 
 
-def count_parameters(model: nn.Module, non_embedding: bool = False) -> int:
-    """Number of (local) parameters, tied ones counted once; works on the meta device.
+def count_parameters(model: nn.Module, non_embedding: bool = False, local: bool = False) -> int:
+    """Number of parameters, tied ones counted once; works on the meta device.
 
-    ``non_embedding`` drops token, position and token-type embeddings (Kaplan et al.'s N); a tied
-    output head is the token embedding and so is dropped too, an untied head is kept.
+    A tensor-parallel model counts its full (unsharded) size unless ``local``, which counts this
+    rank's shards. ``non_embedding`` drops token, position and token-type embeddings (Kaplan et
+    al.'s N); a tied output head is the token embedding and so is dropped too, an untied head is kept.
     """
     skip = _embedding_names(model) if non_embedding else set()
-    return sum(p.numel() for n, p in model.named_parameters() if n not in skip)
+    total = 0
+    for name, p in model.named_parameters():
+        if name not in skip:
+            total += p.numel() if local else math.prod(full_shape(p))
+    return total
+
+
+def parameter_kind(model: nn.Module, name: str) -> str:
+    """``"norm"``, ``"bias"``, ``"embedding"`` or ``"weight"``: what optimizers group weight decay by."""
+    owner_name, _, leaf = name.rpartition(".")
+    owner = model.get_submodule(owner_name) if owner_name else model
+    if isinstance(owner, (nn.LayerNorm, nn.RMSNorm)):
+        return "norm"
+    if leaf == "bias":
+        return "bias"
+    if name in _embedding_names(model) or name == "cls_token":
+        return "embedding"
+    return "weight"
 
 
 def from_hf(path, **kwargs) -> nn.Module:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pretrain.models import build_model, count_parameters, preset
+from pretrain.models import build_model, count_parameters, parameter_kind, preset
 
 TEXT = ["gpt2-debug", "llama-debug", "bert-debug"]
 
@@ -124,3 +124,14 @@ def test_dropout_is_active_only_in_training():
     torch.testing.assert_close(m(ids), m(ids))
     m.train()
     assert not torch.allclose(m(ids), m(ids))
+
+
+def test_parameter_kinds_for_weight_decay_groups():
+    m = build_model(preset("bert-debug"), device="meta")
+    kinds = {n: parameter_kind(m, n) for n, _ in m.named_parameters()}
+    assert kinds["tok_embed.weight"] == kinds["pos_embed.weight"] == kinds["type_embed.weight"] == "embedding"
+    assert kinds["embed_norm.weight"] == kinds["layers.0.norm1.bias"] == kinds["mlm.norm.weight"] == "norm"
+    assert kinds["layers.0.attn.qkv.bias"] == kinds["mlm.decoder.bias"] == "bias"
+    assert kinds["layers.0.mlp.fc_in.weight"] == "weight"
+    vit = build_model(preset("vit-debug"), device="meta")
+    assert parameter_kind(vit, "cls_token") == parameter_kind(vit, "pos_embed") == "embedding"

@@ -13,7 +13,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from pretrain.models import build_model, preset
+from pretrain.models import build_model, count_parameters, preset
 from pretrain.parallel import (
     apply_tensor_parallel,
     build_parallel_model,
@@ -106,6 +106,8 @@ def check_sharded_build(cfg, mpu) -> None:
     assert got.keys() == expected.keys()
     for k in got:
         assert torch.equal(got[k], expected[k]), f"sharded init differs from sliced TP=1 init at {k}"
+    assert count_parameters(local) == count_parameters(full)  # full size by default
+    assert count_parameters(local, local=True) < 0.6 * count_parameters(full)
     ratio = storage_bytes(local) / storage_bytes(full)
     assert 0.5 <= ratio < 0.6, f"TP=2 rank holds {ratio:.3f} of the parameter bytes, expected about half"
     shards = []
