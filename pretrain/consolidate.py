@@ -1,0 +1,323 @@
+"""Full fp32 weights from a training checkpoint of any layout, on CPU, without the original world.
+
+    cfg, sd = load_full_state_dict("runs/x/checkpoints/step00000020")   # Config, {plain key: fp32}
+    model = from_checkpoint("runs/x")                                     # the trained plain model
+    sd = load_init_weights(path, cfg.model)                               # for checkpoint.init_from
+
+``CheckpointReader`` yields one full tensor at a time, so an exporter can write tensor by tensor
+and never hold two copies of the model. Layouts (``<dp>``/``<tp>`` = data/tensor rank):
+
+- ZeRO 0: ``mp_rank_<tp>_model_states.pt`` hold each tensor rank's module weights (``module``).
+- ZeRO 1/2: ``zero_pp_rank_<dp>_mp_rank_<tp>_optim_states.pt`` hold each data rank's slice of the
+  flat fp32 master weights per parameter group (``single_partition_of_fp32_groups``); the order,
+  shapes and alignment paddings of the parameters in a group come from ``param_shapes`` in
+  ``mp_rank_<tp>_model_states.pt`` and ``param_alignment_paddings`` (as DeepSpeed's zero_to_fp32).
+- ZeRO 3: the same files' ``fp32_flat_groups``: every parameter is padded to a multiple of the data
+  size and each data rank holds one equal slice of it, parameters in ``param_shapes`` order.
+- bf16/fp16: the fp32 masters above are read (ZeRO 0 reads the module weights, cast to fp32);
+  offloaded runs write the same files.
+
+DeepSpeed's ``zero_to_fp32`` reads only ``mp_rank_00``; here each tensor rank is consolidated on its
+own and the ranks are then merged with ``pretrain.parallel.merge_tp_state_dicts``. DeepSpeed's
+files are pickles: they are read with ``torch.load(weights_only=True, mmap=True)``, allow-listing
+only the few DeepSpeed classes they contain as inert stand-ins (so DeepSpeed need not even be
+imported), and memory-mapped so that only the fp32 master weights are paged in.
+
+An ``pretrain import-hf`` directory (``config.yaml`` + ``model.safetensors`` in our key names) is
+read the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from pretrain.checkpoint import COMPLETE, LATEST, CheckpointError, verify
+
+PREFIX = "model."  # DeepSpeed wraps our model in train_setup.LossModule
+_DS_CLASSES = ("deepspeed.runtime.zero.config.ZeroStageEnum", "deepspeed.utils.tensor_fragment.fragment_address",
+               "deepspeed.runtime.fp16.loss_scaler.LossScaler", "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+               "deepspeed.checkpoint.utils.clone_tensors_for_torch_save")
+
+
+class _Inert:
+    """Stand-in for an allow-listed DeepSpeed class: keeps its arguments and state, runs nothing."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+def torch_load(path: Path) -> dict:
+    """``torch.load`` a DeepSpeed file safely (weights only, memory-mapped); errors name the file."""
+    try:
+        with torch.serialization.safe_globals([(_Inert, name) for name in _DS_CLASSES]):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing from checkpoint") from None
+    except Exception as e:  # truncated zip, unknown pickled class, ...
+        raise CheckpointError(f"{path}: cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+
+
+def resolve_checkpoint_dir(path: str | Path) -> Path:
+    """A tag dir as given; a run dir or ``checkpoints/`` root -> the tag named by its ``latest``."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such directory")
+    for root in (path, path / "checkpoints"):
+        if not (root / COMPLETE).exists() and (root / LATEST).is_file():
+            return root / (root / LATEST).read_text().strip()
+    return path
+
+
+def _gather(chunks: list[torch.Tensor], start: int, length: int) -> list[torch.Tensor]:
+    """Slices ``[start, start + length)`` of the virtual concatenation of 1-D ``chunks`` (no copy)."""
+    out, pos = [], 0
+    for c in chunks:
+        n = c.numel()
+        lo, hi = max(start, pos), min(start + length, pos + n)
+        if lo < hi:
+            out.append(c.narrow(0, lo - pos, hi - lo))
+        pos += n
+        if pos >= start + length:
+            break
+    if sum(t.numel() for t in out) != length:
+        raise CheckpointError(f"flat partitions hold fewer elements than the parameter shapes need ({start}+{length})")
+    return out
+
+
+class _RankWeights:
+    """One tensor rank's consolidated (over ZeRO data ranks) fp32 weights, by plain key."""
+
+    def __init__(self, tag_dir: Path, tp_rank: int, stage: int, dp_size: int):
+        self.tag_dir, self.stage = tag_dir, stage
+        mp = f"mp_rank_{tp_rank:02d}"
+        if stage == 3:
+            states = torch_load(self._one(f"zero_pp_rank_0_{mp}_model_states.pt"))
+        else:
+            states = torch_load(self._one(f"{mp}_model_states.pt"))
+        if "module" not in states or (stage > 0 and not states.get("param_shapes")):
+            raise CheckpointError(f"{tag_dir}: {mp} model states lack param_shapes/module (not a DeepSpeed file)")
+        self.shared = {_plain(k): _plain(v) for k, v in (states.get("shared_params") or {}).items()}
+        self.module = states["module"] if stage == 0 else {}
+        self.buffers = {_plain(k): states["module"][k] for k in states.get("buffer_names") or []}
+        if stage == 0:  # ZeRO 0 records no shapes: the module's own tensors are the weights
+            states["param_shapes"] = [{k: v.shape for k, v in states["module"].items()
+                                       if _plain(k) not in self.buffers and _plain(k) not in self.shared}]
+        self.groups = [{_plain(k): torch.Size(v) for k, v in g.items()} for g in states["param_shapes"]]
+        self.flat: list[list[torch.Tensor]] = []
+        self.index: dict[str, tuple[int, int, int]] = {}  # key -> (group, offset, numel)
+        if stage > 0:
+            self._read_partitions(mp, dp_size)
+
+    def _one(self, name: str) -> Path:
+        p = self.tag_dir / name
+        if not p.is_file():
+            raise CheckpointError(f"{p}: missing from checkpoint (a shard of this layout)")
+        return p
+
+    def _read_partitions(self, mp: str, dp_size: int) -> None:
+        key = "fp32_flat_groups" if self.stage == 3 else "single_partition_of_fp32_groups"
+        paddings = None
+        for d in range(dp_size):
+            files = sorted(self.tag_dir.glob(f"*zero_pp_rank_{d}_{mp}_optim_states.pt"))
+            if not files:
+                raise CheckpointError(f"{self.tag_dir / f'zero_pp_rank_{d}_{mp}_optim_states.pt'}: missing from "
+                                      f"checkpoint (ZeRO {self.stage} shard of data rank {d})")
+            osd = torch_load(files[0]).get("optimizer_state_dict", {})
+            if key not in osd:
+                raise CheckpointError(f"{files[0]}: no {key} (ZeRO stage {self.stage} expected)")
+            self.flat.append(list(osd[key]))
+            paddings = osd.get("param_alignment_paddings")
+        if self.stage == 3:
+            self._index_zero3(dp_size)
+        else:
+            self._index_zero12(paddings)
+
+    def _index_zero12(self, paddings) -> None:
+        """Per group, parameters lie back to back (plus alignment padding) in the concatenation of
+        all data ranks' partitions of that group."""
+        for g, shapes in enumerate(self.groups):
+            offset = 0
+            for i, (name, shape) in enumerate(shapes.items()):
+                self.index[name] = (g, offset, shape.numel())
+                offset += shape.numel() + (paddings[g][i] if paddings else 0)
+            avail = sum(r[g].numel() for r in self.flat)
+            if offset > avail:
+                raise CheckpointError(f"{self.tag_dir}: group {g} needs {offset} elements, partitions hold {avail}")
+
+    def _index_zero3(self, dp_size: int) -> None:
+        offset = 0
+        for shapes in self.groups:
+            for name, shape in shapes.items():
+                part = math.ceil(shape.numel() / dp_size)
+                self.index[name] = (-1, offset, part)
+                offset += part
+        avail = sum(t.numel() for t in self.flat[0])
+        if offset != avail:
+            raise CheckpointError(f"{self.tag_dir}: ZeRO 3 partitions hold {avail} elements per rank, shapes need {offset}")
+
+    def keys(self) -> list[str]:
+        names = [n for g in self.groups for n in g]
+        return names + [k for k in self.shared if k not in names] + [k for k in self.buffers if k not in names]
+
+    def shape(self, key: str) -> torch.Size:
+        key = self.shared.get(key, key)
+        for g in self.groups:
+            if key in g:
+                return g[key]
+        return self.buffers[key].shape
+
+    def get(self, key: str) -> torch.Tensor:
+        """The full (for this tensor rank) fp32 tensor: a fresh copy, never a view of a mapped file."""
+        key = self.shared.get(key, key)
+        if key in self.buffers:
+            return self.buffers[key].float().clone() if self.buffers[key].is_floating_point() else self.buffers[key].clone()
+        shape = self.shape(key)
+        if self.stage == 0:
+            return self.module[PREFIX + key].to(torch.float32, copy=True).reshape(shape)
+        g, offset, n = self.index[key]
+        if self.stage == 3:
+            pieces = [p for rank in self.flat for p in _gather(rank, offset, n)]
+            return torch.cat(pieces)[: shape.numel()].float().reshape(shape)
+        return torch.cat(_gather([rank[g] for rank in self.flat], offset, n)).float().reshape(shape)
+
+
+def _plain(key: str) -> str:
+    return key[len(PREFIX):] if key.startswith(PREFIX) else key
+
+
+class CheckpointReader:
+    """Full fp32 tensors of a checkpoint (any ZeRO stage and tensor size) or an import-hf dir, one
+    at a time: ``for key in reader.keys(): t = reader.tensor(key)``. ``config`` is the run's Config."""
+
+    def __init__(self, path: str | Path, check: bool = True):
+        from pretrain.config import load_config
+
+        self.dir = resolve_checkpoint_dir(path)
+        self.info = verify(self.dir, checksums=check)
+        self.config = load_config(self.dir / "config.yaml")
+        self.model_config = self.config.model
+        self._safetensors = None
+        if (self.dir / "model.safetensors").is_file():
+            from safetensors import safe_open
+
+            self._safetensors = safe_open(str(self.dir / "model.safetensors"), framework="pt")
+            self.ranks: list[_RankWeights] = []
+            self._keys = list(self._safetensors.keys())
+        else:
+            self.ranks = [_RankWeights(self.dir, t, *self._layout()) for t in range(self._tensor_size())]
+            self._keys = _with_tied(self.ranks[0].keys(), self.model_config)
+
+    def state(self, name: str) -> dict:
+        p = self.dir / name
+        return json.loads(p.read_text()) if p.is_file() else {}
+
+    def _tensor_size(self) -> int:
+        size = self.state("trainer_state.json").get("tensor_parallel_size")
+        if size is None:
+            size = len({m for p in self.dir.glob("*mp_rank_*") for m in re.findall(r"mp_rank_(\d+)", p.name)})
+        return max(1, int(size))
+
+    def _layout(self) -> tuple[int, int]:
+        """(ZeRO stage, data size) from trainer_state.json, else from the files present."""
+        st = self.state("trainer_state.json")
+        if "zero_stage" in st:
+            return int(st["zero_stage"]), int(st.get("data_parallel_size", 1))
+        optim = list(self.dir.glob("*zero_pp_rank_*_mp_rank_00_optim_states.pt"))
+        if not optim:
+            return 0, 1
+        stage = 3 if (self.dir / "zero_pp_rank_0_mp_rank_00_model_states.pt").is_file() else 2
+        return stage, len(optim)
+
+    def keys(self) -> list[str]:
+        return list(self._keys)
+
+    def tensor(self, key: str) -> torch.Tensor:
+        """The full, tensor-parallel-merged fp32 tensor for our plain ``key``."""
+        if self._safetensors is not None:
+            return self._safetensors.get_tensor(key).float()
+        from pretrain.parallel import merge_tp_state_dicts
+
+        if key not in self._keys:
+            raise KeyError(key)
+        source = _tied_source(key, self.model_config) if key not in self.ranks[0].keys() else key
+        shards = [{key: r.get(source)} for r in self.ranks]
+        return merge_tp_state_dicts(shards, self.model_config)[key]
+
+    def items(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for key in self._keys:
+            yield key, self.tensor(key)
+
+    def num_parameters(self) -> int:
+        """Parameters of the model, tied ones counted once."""
+        from pretrain.models import build_model, count_parameters
+
+        return count_parameters(build_model(self.model_config, device="meta"))
+
+
+_TIED = {"lm_head.weight": "tok_embed.weight", "mlm.decoder.weight": "tok_embed.weight"}
+
+
+def _tied_source(key: str, model_config) -> str:
+    return _TIED[key] if model_config.tie_embeddings and key in _TIED else key
+
+
+def _with_tied(keys: list[str], model_config) -> list[str]:
+    """Add tied aliases (a tied head) that ZeRO 3 does not list, so the state dict fits the model."""
+    from pretrain.models import build_model
+
+    expected = build_model(model_config, device="meta").state_dict().keys()
+    extra = [k for k in expected if k not in keys and _tied_source(k, model_config) in keys and k in _TIED]
+    return list(keys) + extra
+
+
+def load_full_state_dict(path: str | Path, check: bool = True):
+    """``(Config, {plain key: full fp32 tensor})`` of a checkpoint (any layout) or import-hf dir.
+    Tied tensors share storage, as in the model."""
+    reader = CheckpointReader(path, check=check)
+    out: dict[str, torch.Tensor] = {}
+    for key in reader.keys():
+        src = _tied_source(key, reader.model_config)
+        out[key] = out[src] if src != key and src in out else reader.tensor(key)
+    return reader.config, out
+
+
+_SHAPE_FIELDS = ("family", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "ffn_hidden_size",
+                 "padded_vocab_size", "max_seq_len", "position", "norm", "activation", "bias", "tie_embeddings",
+                 "image_size", "patch_size", "num_channels", "num_classes", "type_vocab_size")
+
+
+def load_init_weights(path: str | Path, model_config) -> dict:
+    """For ``checkpoint.init_from``: the full state dict, after checking the checkpoint's model has
+    the same architecture as ``model_config`` (CheckpointError naming the differing fields)."""
+    cfg, sd = load_full_state_dict(path, check=True)
+    diff = [f"model.{f}: checkpoint {getattr(cfg.model, f, None)!r}, config {getattr(model_config, f, None)!r}"
+            for f in _SHAPE_FIELDS if getattr(cfg.model, f, None) != getattr(model_config, f, None)]
+    if diff:
+        raise CheckpointError(f"{path}: weights do not fit this model; " + "; ".join(diff))
+    return sd
+
+
+def from_checkpoint(path: str | Path, device: str | torch.device = "cpu", check: bool = True) -> torch.nn.Module:
+    """The trained plain model (``pretrain.models.build_model``) with the checkpoint's weights, in
+    eval mode. ``path``: a tag dir, a run dir or ``checkpoints/`` (latest), or an import-hf dir."""
+    from pretrain.models import build_model
+
+    cfg, sd = load_full_state_dict(path, check=check)
+    kwargs = {"pooler": "pooler.dense.weight" in sd} if cfg.model.family == "bert" else {}
+    model = build_model(cfg.model, device="meta", **kwargs)
+    model.load_state_dict(sd, strict=True, assign=True)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise CheckpointError(f"{path}: checkpoint does not set {left[:5]}")
+    return model.to(device).eval()
