@@ -8,6 +8,7 @@ document. Binary payloads mislabelled as HTML are dropped before parsing.
 from __future__ import annotations
 
 EXTRACTORS = ("resiliparse", "trafilatura")
+_CONTROL_BYTES = bytes([*range(9), *range(14, 32)])
 
 
 def decode_html(payload: bytes, charset: str | None) -> str:
@@ -27,7 +28,7 @@ def is_binary(payload: bytes) -> bool:
         return False
     if b"\x00" in head:
         return True
-    controls = sum(1 for b in head if b < 9 or 13 < b < 32)
+    controls = len(head) - len(head.translate(None, _CONTROL_BYTES))
     return controls / len(head) > 0.1
 
 

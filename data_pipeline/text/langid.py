@@ -10,7 +10,7 @@ import functools
 
 
 class LanguageId:
-    def __init__(self, fasttext_model: str | None = None, max_chars: int = 10_000):
+    def __init__(self, fasttext_model: str | None = None, max_chars: int = 4_000):
         self.max_chars = max_chars
         self.fasttext_model = fasttext_model
         if fasttext_model:

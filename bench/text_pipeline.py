@@ -1,0 +1,186 @@
+"""Throughput of each text-pipeline stage on a fixed generated input, per core (one process).
+
+Input: a WARC of HTML pages (pydoc pages of standard-library modules plus articles made of their
+docstrings, with boilerplate) and a WET of the same articles' text. Prints one JSON object:
+per stage documents/s and MB/s (MB of that stage's input), end to end per file on WARC and WET
+(read -> ... -> MinHash, then tokenize), and the full pipeline on embedded Ray with 1 CPU. When
+``import datatrove`` works, its equivalent stages run on the same input and the ratio is reported.
+
+    python bench/text_pipeline.py [--pages 120] [--articles 80] [--out /tmp/bench-text]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from data_pipeline.text import dedup, extract, filters, pii  # noqa: E402
+from data_pipeline.text.config import TextOptions  # noqa: E402
+from data_pipeline.text.langid import LanguageId  # noqa: E402
+from data_pipeline.text.reader import ReadStats, iter_documents  # noqa: E402
+
+STDLIB = ("argparse", "ast", "asyncio", "base64", "bisect", "calendar", "cmd", "codecs", "collections", "configparser",
+          "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal", "difflib", "dis", "email", "enum",
+          "fractions", "ftplib", "functools", "getopt", "gettext", "glob", "gzip", "hashlib", "heapq", "hmac", "html",
+          "http", "imaplib", "inspect", "io", "ipaddress", "json", "logging", "lzma", "mailbox", "mimetypes",
+          "numbers", "operator", "optparse", "os", "pathlib", "pdb", "pickle", "platform", "plistlib", "poplib",
+          "pprint", "queue", "random", "re", "sched", "secrets", "selectors", "shelve", "shlex", "shutil", "signal",
+          "smtplib", "socket", "socketserver", "sqlite3", "ssl", "statistics", "string", "struct", "subprocess",
+          "tarfile", "tempfile", "textwrap", "threading", "timeit", "tokenize", "trace", "traceback", "turtle",
+          "typing", "unittest", "urllib", "uuid", "warnings", "wave", "weakref", "webbrowser", "xml", "zipfile")
+
+
+def build_inputs(folder: Path, pages: int, n_articles: int) -> tuple[Path, Path]:
+    from data_pipeline.text.extract import extract_text
+    from tests.data_pipeline.warc_factory import WarcBuilder, article_html, articles, pydoc_html
+
+    warc, wet = WarcBuilder(folder / "bench.warc.gz"), WarcBuilder(folder / "bench.warc.wet.gz")
+    for i, module in enumerate(STDLIB[:pages]):
+        html = pydoc_html(module)
+        warc.response(f"https://bench.example.org/pydoc/{i}", html.encode())
+        wet.conversion(f"https://bench.example.org/pydoc/{i}", extract_text(html, "resiliparse"))
+    for i, paras in enumerate(articles(n_articles, per_article=6)):
+        warc.response(f"https://bench.example.org/a/{i}", article_html(f"A{i}", paras).encode())
+        wet.conversion(f"https://bench.example.org/a/{i}", "\n".join(paras))
+    return warc.close(), wet.close()
+
+
+def timed(fn, items, size_of) -> tuple[list, dict]:
+    t = time.perf_counter()
+    out = [fn(x) for x in items]
+    dt = time.perf_counter() - t
+    mb = sum(size_of(x) for x in items) / 1e6
+    return out, {"documents": len(items), "seconds": round(dt, 4), "docs_per_s": round(len(items) / dt, 1),
+                 "mb_per_s": round(mb / dt, 3), "mb": round(mb, 3)}
+
+
+def stage_benchmarks(warc: Path, wet: Path) -> dict:
+    res = {}
+    t = time.perf_counter()
+    raws = list(iter_documents(str(warc), ReadStats()))
+    dt = time.perf_counter() - t
+    mb = sum(len(r.payload) for r in raws) / 1e6
+    res["read_warc"] = {"documents": len(raws), "docs_per_s": round(len(raws) / dt, 1), "mb_per_s": round(mb / dt, 3)}
+    texts, res["extract_resiliparse"] = timed(
+        lambda r: extract.document_text(r.kind, r.payload, r.charset, "resiliparse")[0], raws, lambda r: len(r.payload))
+    _, res["extract_trafilatura"] = timed(
+        lambda r: extract.document_text(r.kind, r.payload, r.charset, "trafilatura")[0], raws[:40],
+        lambda r: len(r.payload))
+    texts = [x for x in texts if x]
+    size = lambda s: len(s.encode())  # noqa: E731
+    lid = LanguageId()
+    _, res["langid_py3langid"] = timed(lid.classify, texts, size)
+    g_rep, g_q, c4, fw = filters.GopherRepetition(), filters.GopherQuality(), filters.C4(), filters.FineWeb()
+    _, res["gopher_repetition"] = timed(lambda s: g_rep.check(s, filters.words_of(s), {}), texts, size)
+    _, res["gopher_quality"] = timed(lambda s: g_q.check(s, filters.words_of(s), {}), texts, size)
+    _, res["c4"] = timed(c4.apply, texts, size)
+    _, res["fineweb"] = timed(lambda s: fw.check(s, filters.words_of(s), {}), texts, size)
+    _, res["pii"] = timed(lambda s: pii.scrub(s, "email@example.com", "192.0.2.1"), texts, size)
+    mh = dedup.MinHasher()
+    sigs, res["minhash"] = timed(lambda s: mh.signature(dedup.normalise(s)), texts, size)
+    import numpy as np
+
+    hashes = np.array([dedup.exact_hash(dedup.normalise(s)) for s in texts], dtype=np.uint64)
+    ids = [f"00000-{i:07d}" for i in range(len(texts))]
+    t = time.perf_counter()
+    dedup.find_duplicates(ids, hashes, np.stack(sigs), 14, 8)
+    dt = time.perf_counter() - t
+    res["dedup_lsh"] = {"documents": len(texts), "docs_per_s": round(len(texts) / dt, 1)}
+    import sentencepiece as spm
+
+    from data_pipeline.text.tokenizer import train_tokenizer
+
+    t = time.perf_counter()
+    model = train_tokenizer(texts, 4000, "bpe", threads=1)
+    res["tokenizer_train_bpe_4k"] = {"seconds": round(time.perf_counter() - t, 3), "mb": round(sum(map(size, texts)) / 1e6, 3)}
+    sp = spm.SentencePieceProcessor(model_proto=model)
+    _, res["tokenize"] = timed(lambda s: sp.encode(s), texts, size)
+    return res
+
+
+def end_to_end(warc: Path, wet: Path, work: Path) -> dict:
+    """Stage 1 per file (read..MinHash) in this process, after a warm-up run that pays the one-off
+    costs a Ray worker pays once per process (imports, loading the language model): the per-core
+    rate on a long-running worker."""
+    from data_pipeline.text.process import process_file
+
+    out = {}
+    process_file(str(wet), wet.name, "00000", TextOptions(), work / "warmup")  # imports, language model
+    for name, path in (("warc", warc), ("wet", wet)):
+        t = time.perf_counter()
+        counts = process_file(str(path), path.name, "00000", TextOptions(), work / name)
+        dt = time.perf_counter() - t
+        raw_mb = sum(len(r.payload) for r in iter_documents(str(path), ReadStats())) / 1e6
+        out[f"stage1_{name}"] = {"documents": counts["documents"], "kept": counts["kept_stage1"],
+                                 "docs_per_s": round(counts["documents"] / dt, 1), "mb_per_s": round(raw_mb / dt, 3),
+                                 "input_mb_uncompressed": round(raw_mb, 3)}
+    return out
+
+
+def full_pipeline(warc: Path, wet: Path, out_dir: Path) -> dict:
+    from data_pipeline.text.pipeline import InputFile, run_pipeline
+
+    res = {}
+    for name, path in (("warc", warc), ("wet", wet)):
+        t = time.perf_counter()
+        m = run_pipeline([InputFile(str(path), path.name)], out_dir / name, TextOptions(vocab_size=4000), num_cpus=1,
+                         progress=False)
+        dt = time.perf_counter() - t
+        res[f"pipeline_{name}_ray_1cpu"] = {"seconds_incl_ray_start": round(dt, 2), "kept": m["counts"]["total"]["kept"],
+                                            "tokens": m["splits"]["train"]["tokens"] + m["splits"]["val"]["tokens"],
+                                            "tar_overhead_ratio": m["tar_overhead"]["ratio"]}
+    return res
+
+
+def datatrove_equivalent(warc: Path) -> dict | None:
+    try:
+        import datatrove  # noqa: F401
+    except ImportError:
+        return None
+    from datatrove.pipeline.extractors import Trafilatura
+    from datatrove.pipeline.filters import GopherQualityFilter, GopherRepetitionFilter
+    from datatrove.pipeline.readers import WarcReader
+
+    t = time.perf_counter()
+    docs = list(WarcReader(str(warc.parent), glob_pattern=warc.name).run())
+    n = len(docs)
+    for step in (Trafilatura(), GopherRepetitionFilter(), GopherQualityFilter()):
+        docs = list(step.run(iter(docs)))
+    dt = time.perf_counter() - t
+    return {"documents": n, "docs_per_s": round(n / dt, 1)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--pages", type=int, default=60)
+    p.add_argument("--articles", type=int, default=100)
+    p.add_argument("--out", default=None)
+    p.add_argument("--skip-ray", action="store_true")
+    args = p.parse_args()
+    folder = Path(args.out or tempfile.mkdtemp(prefix="bench-text-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    warc, wet = build_inputs(folder, args.pages, args.articles)
+    result = {"input": {"warc_bytes": warc.stat().st_size, "wet_bytes": wet.stat().st_size, "cpu_count": os.cpu_count()},
+              "stages_per_core": stage_benchmarks(warc, wet), "end_to_end_per_core": end_to_end(warc, wet, folder / "e2e")}
+    if not args.skip_ray:
+        result["full_pipeline"] = full_pipeline(warc, wet, folder / "full")
+    dt_res = datatrove_equivalent(warc)
+    ours = result["end_to_end_per_core"]["stage1_warc"]["docs_per_s"]
+    result["datatrove"] = ({**dt_res, "ratio_ours_over_datatrove": round(ours / dt_res["docs_per_s"], 2)}
+                           if dt_res else "not installed")
+    print(json.dumps(result, indent=2))
+    e = result["end_to_end_per_core"]
+    print(f"summary: WARC {e['stage1_warc']['docs_per_s']} HTML docs/s/core, WET {e['stage1_wet']['mb_per_s']} MB/s/core",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
