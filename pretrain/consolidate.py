@@ -2,7 +2,7 @@
 
     cfg, sd = load_full_state_dict("runs/x/checkpoints/step00000020")   # Config, {plain key: fp32}
     model = from_checkpoint("runs/x")                                     # the trained plain model
-    sd = load_init_weights(path, cfg.model)                               # for checkpoint.init_from
+    sd = load_init_weights(path, cfg.model)                     # for checkpoint.init_from (fitted, checked)
 
 ``CheckpointReader`` yields one full tensor at a time, so an exporter can write tensor by tensor
 and never hold two copies of the model. Layouts (``<dp>``/``<tp>`` = data/tensor rank):
@@ -205,16 +205,29 @@ class CheckpointReader:
         self.info = verify(self.dir, checksums=check)
         self.config = load_config(self.dir / "config.yaml")
         self.model_config = self.config.model
-        self._safetensors = None
-        if (self.dir / "model.safetensors").is_file():
-            from safetensors import safe_open
-
-            self._safetensors = safe_open(str(self.dir / "model.safetensors"), framework="pt")
-            self.ranks: list[_RankWeights] = []
-            self._keys = list(self._safetensors.keys())
+        self._files: dict[str, object] = {}  # key -> safe_open handle (import-hf directories)
+        self.ranks: list[_RankWeights] = []
+        if (self.dir / "model.safetensors").is_file() or (self.dir / "model.safetensors.index.json").is_file():
+            self._open_safetensors()
+            stored = list(self._files)
         else:
             self.ranks = [_RankWeights(self.dir, t, *self._layout()) for t in range(self._tensor_size())]
-            self._keys = _with_tied(self.ranks[0].keys(), self.model_config)
+            stored = self.ranks[0].keys()
+        self._stored = set(stored)
+        self._keys = _with_tied(stored, self.model_config)
+
+    def _open_safetensors(self) -> None:
+        from safetensors import safe_open
+
+        index = self.dir / "model.safetensors.index.json"
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() \
+            else ["model.safetensors"]
+        for name in names:
+            try:
+                handle = safe_open(str(self.dir / name), framework="pt")
+            except Exception as e:
+                raise CheckpointError(f"{self.dir / name}: cannot be read ({e})") from None
+            self._files.update({k: handle for k in handle.keys()})  # noqa: SIM118 - safe_open has no __iter__
 
     def state(self, name: str) -> dict:
         p = self.dir / name
@@ -242,13 +255,13 @@ class CheckpointReader:
 
     def tensor(self, key: str) -> torch.Tensor:
         """The full, tensor-parallel-merged fp32 tensor for our plain ``key``."""
-        if self._safetensors is not None:
-            return self._safetensors.get_tensor(key).float()
-        from pretrain.parallel import merge_tp_state_dicts
-
         if key not in self._keys:
             raise KeyError(key)
-        source = _tied_source(key, self.model_config) if key not in self.ranks[0].keys() else key
+        source = key if key in self._stored else _tied_source(key, self.model_config)
+        if self._files:
+            return self._files[source].get_tensor(source).float()
+        from pretrain.parallel import merge_tp_state_dicts
+
         shards = [{key: r.get(source)} for r in self.ranks]
         return merge_tp_state_dicts(shards, self.model_config)[key]
 
@@ -290,20 +303,42 @@ def load_full_state_dict(path: str | Path, check: bool = True):
     return reader.config, out
 
 
-_SHAPE_FIELDS = ("family", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "ffn_hidden_size",
-                 "padded_vocab_size", "max_seq_len", "position", "norm", "activation", "bias", "tie_embeddings",
-                 "image_size", "patch_size", "num_channels", "num_classes", "type_vocab_size")
+_ARCH_FIELDS = ("family", "position", "norm", "norm_position", "activation", "bias", "tie_embeddings", "vocab_size")
+_VOCAB_KEYS = ("tok_embed.weight", "lm_head.weight", "mlm.decoder.weight", "mlm.decoder.bias")
 
 
 def load_init_weights(path: str | Path, model_config) -> dict:
-    """For ``checkpoint.init_from``: the full state dict, after checking the checkpoint's model has
-    the same architecture as ``model_config`` (CheckpointError naming the differing fields)."""
+    """For ``checkpoint.init_from``: the full state dict of ``path`` (checkpoint of any layout or
+    import-hf dir) fitted to ``model_config``. The architectures must agree (CheckpointError naming
+    the differing fields or tensors); only the vocabulary padding may differ (``pad_vocab_multiple``,
+    e.g. for a larger tensor size), and padding rows are then cut or added as zeros."""
+    from pretrain.models import build_model
+
     cfg, sd = load_full_state_dict(path, check=True)
-    diff = [f"model.{f}: checkpoint {getattr(cfg.model, f, None)!r}, config {getattr(model_config, f, None)!r}"
-            for f in _SHAPE_FIELDS if getattr(cfg.model, f, None) != getattr(model_config, f, None)]
-    if diff:
-        raise CheckpointError(f"{path}: weights do not fit this model; " + "; ".join(diff))
+    diff = [f"model.{f}: checkpoint {getattr(cfg.model, f)!r}, config {getattr(model_config, f)!r}"
+            for f in _ARCH_FIELDS if getattr(cfg.model, f) != getattr(model_config, f)]
+    expected = build_model(model_config, device="meta").state_dict()
+    for key in [k for k in _VOCAB_KEYS if k in sd and k in expected]:
+        sd[key] = _fit_rows(sd[key], expected[key].shape[0])
+    if cfg.model.tie_embeddings and "tok_embed.weight" in sd:
+        for key in ("lm_head.weight", "mlm.decoder.weight"):
+            if key in sd:
+                sd[key] = sd["tok_embed.weight"]
+    diff += [f"{k}: checkpoint {tuple(sd[k].shape)}, config {tuple(v.shape)}" for k, v in expected.items()
+             if k in sd and sd[k].shape != v.shape]
+    missing = [k for k in expected if k not in sd]
+    if diff or missing:
+        raise CheckpointError(f"{path}: weights do not fit this model; " + "; ".join(diff[:8])
+                              + (f"; missing {missing[:8]}" if missing else ""))
     return sd
+
+
+def _fit_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    if t.shape[0] == rows:
+        return t
+    if t.shape[0] > rows:
+        return t[:rows].clone()
+    return torch.cat([t, t.new_zeros((rows - t.shape[0], *t.shape[1:]))])
 
 
 def from_checkpoint(path: str | Path, device: str | torch.device = "cpu", check: bool = True) -> torch.nn.Module:

@@ -91,8 +91,14 @@ def _write(reader, tmp: Path, dtype: torch.dtype, fmt: str, max_shard: int, comm
 def _write_tokenizer(reader, tmp: Path) -> list[str]:
     """Text families: the checkpoint's tokenizer.model converted; none there (synthetic data) -> none."""
     src = reader.dir / "tokenizer.model"
-    if reader.model_config.family == "vit" or not src.is_file():
+    if reader.model_config.family == "vit":
         return []
+    if not src.is_file():  # an import-hf directory keeps the original HF tokenizer files as they were
+        hf_tok = reader.dir / "hf_tokenizer"
+        files = sorted(p.name for p in hf_tok.iterdir() if p.is_file()) if hf_tok.is_dir() else []
+        for name in files:
+            shutil.copyfile(hf_tok / name, tmp / name)
+        return files
     from pretrain.export.tokenizer import write_hf_tokenizer
 
     ids = reader.state("data.json").get("tokenizer") or {}
