@@ -41,19 +41,23 @@ def activation_fn(name: str):
 
 
 class Rotary(nn.Module):
-    """Rotary position embedding (RoPE). cos/sin are computed per call from positions: they cost
-    ``T * D`` flops, hold no state to shard or materialise, and are exact in fp32."""
+    """Rotary position embedding (RoPE). cos/sin are computed in fp32 from positions and cached per
+    (length, device, dtype) in a plain dict: no state to shard, materialise or checkpoint."""
 
     def __init__(self, head_dim: int, theta: float):
         super().__init__()
         self.head_dim, self.theta = head_dim, theta
+        self._cache: dict = {}
 
     def forward(self, seq_len: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        d = self.head_dim
-        inv_freq = 1.0 / (self.theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=device).float() / d))
-        freqs = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
-        emb = torch.cat([freqs, freqs], dim=-1)  # [T, D]
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        key = (seq_len, str(device), dtype)
+        if key not in self._cache:
+            d = self.head_dim
+            inv_freq = 1.0 / (self.theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=device).float() / d))
+            freqs = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+            emb = torch.cat([freqs, freqs], dim=-1)  # [T, D]
+            self._cache = {key: (emb.cos().to(dtype), emb.sin().to(dtype))}  # keep only the latest
+        return self._cache[key]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
