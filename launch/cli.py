@@ -16,7 +16,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("data", "commoncrawl"), "data_pipeline.text.cli", "Common Crawl WARC/WET -> tokenized WebDataset shards (Ray)"),
     (("data", "imagenet"), "data_pipeline.imagenet.cli", "ImageNet folders or tars -> labelled WebDataset shards (Ray)"),
     (("data", "inspect"), "data_pipeline.inspect_cli", "summarise a shard directory: manifest, counts, one decoded sample"),
-    (("train",), "pretrain.train_cli", "train GPT, BERT or ViT with DeepSpeed from a config"),
+    (("train",), "launch.train_cli", "train GPT, BERT or ViT with DeepSpeed from a config"),
     (("launch",), "launch.launchers", "start a training job locally, on a hostfile, torchrun, SLURM, Ray or Kubernetes"),
     (("export",), "pretrain.export_cli", "export a training checkpoint to a Hugging Face directory or safetensors"),
     (("import-hf",), "pretrain.import_cli", "import a Hugging Face model directory as a checkpoint to continue from"),

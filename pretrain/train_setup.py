@@ -14,7 +14,7 @@ from torch import nn
 
 from pretrain import checkpoint as C
 from pretrain import distributed as D
-from pretrain.config import Config, deepspeed_config, global_batch
+from pretrain.config import Config, deepspeed_config, global_batch, to_yaml
 
 
 class LossModule(nn.Module):
@@ -202,28 +202,51 @@ def build_setup(cfg: Config) -> Setup:
                   tokens_seen=state.get("tokens_seen", 0), skipped_before=engine.skipped_steps,
                   last_logged=state.get("step", 0), resumed_from=str(resume_dir) if resume_dir else None)
     if resume_dir is None:
-        tracker.start_run_metadata(cfg, model, world=world, dp=dp, data_info=info)
+        log_run_metadata(tracker, cfg, world, dp)
     D.print0(f"[pretrain] {cfg.model.family} | world {world} = data {dp} x tensor {cfg.parallel.tensor_size} | "
              f"ZeRO {cfg.parallel.zero_stage} | {precision} | global batch {global_batch(cfg, dp)} | "
              + (f"resumed from {resume_dir} at step {setup.start_step}" if resume_dir else "fresh start"))
     return setup
 
 
-class NullTracker:
-    """Tracking off (``tracking.enabled=false``): every call is a no-op."""
-
-    run_id = None
-
-    def __getattr__(self, name):
-        return lambda *a, **k: None
-
-
 def _tracker(cfg: Config, run_id: str | None):
-    if not cfg.tracking.enabled:
-        return NullTracker()
-    from pretrain.tracking import Tracker
+    """Rank 0's MLflow tracker (a no-op elsewhere or when disabled), started or reopened."""
+    from pretrain.tracking import make_tracker
 
-    return Tracker(cfg, rank=D.rank(), run_id=run_id)
+    tracker = make_tracker(cfg, D.rank())
+    tracker.start(cfg, run_id=run_id)
+    return tracker
+
+
+def _git_commit() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def log_run_metadata(tracker, cfg: Config, world: int, dp: int) -> None:
+    """Params, tags and config artifacts of a fresh run (rank 0; no-op trackers ignore it)."""
+    import json
+
+    from pretrain.models import build_model, count_parameters
+
+    meta = build_model(cfg.model, device="meta")
+    tracker.log_params(cfg)
+    tracker.set_tags({
+        "family": cfg.model.family, "parameters": count_parameters(meta),
+        "non_embedding_parameters": count_parameters(meta, non_embedding=True), "git_commit": _git_commit(),
+        "world_size": world, "data_parallel_size": dp, "tensor_parallel_size": cfg.parallel.tensor_size,
+        "zero_stage": cfg.parallel.zero_stage, "precision": cfg.parallel.precision,
+    })
+    tracker.log_text(to_yaml(cfg), "config/config.yaml")
+    tracker.log_text(json.dumps(deepspeed_config(cfg, world), indent=2), "config/deepspeed.json")
+    if cfg.data.source == "shards":
+        tracker.log_artifact(str(Path(cfg.data.path) / "manifest.json"), "data")
 
 
 def _restore(engine, loader, tag_dir: Path, cfg: Config) -> dict:

@@ -237,7 +237,8 @@ def train(cfg: Config) -> Result:
     status = "FINISHED"
     try:
         result = trainer.run()
-        trainer.s.tracker.log_artifacts_end(cfg, trainer.result)
+        trainer.s.tracker.log_loss_plot()
+        trainer.s.tracker.log_artifact(str(Path(cfg.train.run_dir) / "metrics.jsonl"), "metrics")
         return result
     except BaseException:
         status = "FAILED"

@@ -53,12 +53,17 @@ def losses(run_dir: Path) -> dict[int, float]:
     return out
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):
+def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition",
+             proc: subprocess.Popen | None = None, log: Path | None = None):
+    """Poll ``predicate``; fail at ``timeout`` or as soon as ``proc`` has exited (with its log)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
+        if proc is not None and proc.poll() is not None:
+            tail = Path(log).read_text()[-4000:] if log else ""
+            raise AssertionError(f"process exited ({proc.returncode}) before {what}:\n{tail}")
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 

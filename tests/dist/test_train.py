@@ -68,7 +68,8 @@ def test_exact_resume_after_sigkill(tmp_path):
     proc = start_train(DEBUG["gpt"], _common(tmp_path, "killed", 20, extra), nproc=2, extra_env=slow,
                        log=tmp_path / "killed.log")
     try:
-        wait_for(lambda: (run_dir / "checkpoints" / "latest").exists(), 240, what="first checkpoint")
+        wait_for(lambda: (run_dir / "checkpoints" / "latest").exists(), 240, what="first checkpoint",
+                 proc=proc, log=tmp_path / "killed.log")
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -94,7 +95,8 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
     common.remove("tracking.enabled=false")
     proc = start_train(DEBUG["gpt"], common, nproc=2, extra_env={"PRETRAIN_TEST_STEP_SLEEP": "0.2"},
                        log=tmp_path / "term.log")
-    wait_for(lambda: (run_dir / "metrics.jsonl").exists() and len(losses(run_dir)) >= 3, 240, what="3 steps")
+    wait_for(lambda: (run_dir / "metrics.jsonl").exists() and len(losses(run_dir)) >= 3, 240, what="3 steps",
+             proc=proc, log=tmp_path / "term.log")
     os.killpg(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=120) == 0, (tmp_path / "term.log").read_text()[-3000:]
     tag = (run_dir / "checkpoints" / "latest").read_text().strip()
@@ -128,7 +130,8 @@ def test_killing_one_rank_ends_the_job_nonzero_quickly(tmp_path):
     run_dir = tmp_path / "die"
     proc = start_train(DEBUG["gpt"], _common(tmp_path, "die", 100000, ["data.synthetic_samples=100000"]), nproc=2,
                        extra_env={"PRETRAIN_TEST_STEP_SLEEP": "0.2"}, log=tmp_path / "die.log")
-    wait_for(lambda: (run_dir / "metrics.jsonl").exists(), 240, what="first step")
+    wait_for(lambda: (run_dir / "metrics.jsonl").exists(), 240, what="first step", proc=proc,
+             log=tmp_path / "die.log")
     ranks = json.loads((run_dir / "pids.json").read_text())
     t0 = time.monotonic()
     os.kill(ranks["1"], signal.SIGKILL)

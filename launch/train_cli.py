@@ -27,10 +27,9 @@ def _under_launcher() -> bool:
 
 
 def _spawn(nproc: int, args) -> int:
-    from launch.local import run_ranks
-    from pretrain.distributed import free_port
+    from launch.local import free_port, run_ranks
 
-    return run_ranks(nproc, "pretrain.train_cli", [args.config, *args.overrides], free_port())
+    return run_ranks(nproc, "launch.train_cli", [args.config, *args.overrides], free_port())
 
 
 def run(args) -> int:
