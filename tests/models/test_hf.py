@@ -103,6 +103,17 @@ def test_hf_from_config_imports_with_the_same_logits(name, tmp_path):
             assert max_diff(out.hidden_states[-1], hidden) <= TOL
 
 
+def test_vit_position_interpolation_matches_hf(tmp_path):
+    cfg = preset("vit-debug")
+    ours = build_model(cfg, seed=4).eval()
+    perturb(ours)
+    to_hf(ours, tmp_path)
+    hf = T.ViTForImageClassification.from_pretrained(tmp_path).eval()
+    x = torch.randn(2, 3, 48, 40)  # a 6 x 5 patch grid instead of the trained 4 x 4
+    with torch.no_grad():
+        assert max_diff(hf(x, interpolate_pos_encoding=True).logits, ours(x)) <= TOL
+
+
 def test_bare_bert_model_imports_hidden_states_and_pooler(tmp_path):
     cfg = preset("bert-debug")
     from pretrain.models.hf_maps import to_hf_config
