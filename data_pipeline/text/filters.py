@@ -26,8 +26,9 @@ def words_of(text: str) -> list[str]:
     return WORD_RE.findall(text)
 
 
-def _is_punct(w: str) -> bool:
-    return len(w) == 1 and not w.isalnum() and w != "_"
+REAL_WORD_RE = re.compile(r"\w+")  # the word tokens of WORD_RE, without the punctuation ones
+ALPHA_WORD_RE = re.compile(r"\w*[^\W\d_]\w*")  # one match per word holding a letter
+STOP_WORD_RE = re.compile(r"\b(?:" + "|".join(sorted(STOP_WORDS)) + r")\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class GopherQuality:
     min_stop_words: int = 2
 
     def check(self, text: str, words: list[str], scores: dict) -> str | None:
-        real = [w for w in words if not _is_punct(w)]
+        real = REAL_WORD_RE.findall(text)
         n = len(real)
         scores["words"] = n
         if n < self.min_doc_words:
@@ -64,11 +65,12 @@ class GopherQuality:
             return "too_many_bullets"
         if sum(s.rstrip().endswith(("...", "…")) for s in lines) / len(lines) > self.max_ellipsis_lines_ratio:
             return "too_many_end_ellipsis"
-        alpha = sum(any(c.isalpha() for c in w) for w in words) / n
+        alpha = len(ALPHA_WORD_RE.findall(text)) / n
         scores["alpha_ratio"] = round(alpha, 4)
         if alpha < self.min_alpha_words_ratio:
             return "below_alpha_threshold"
-        if sum(w.lower() in STOP_WORDS for w in real) < self.min_stop_words:
+        stops = STOP_WORD_RE.finditer(text)
+        if sum(1 for _, _ in zip(range(self.min_stop_words), stops)) < self.min_stop_words:
             return "not_enough_stop_words"
         return None
 
@@ -86,17 +88,24 @@ def _duplicates(items: list[str]) -> tuple[int, int]:
     return dup, chars
 
 
-def _ngrams(words: list[str], n: int) -> list[str]:
-    return [" ".join(words[i:i + n]) for i in range(len(words) - n + 1)]
+def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
+    """Word n-grams as tuples (hashing a tuple is much cheaper than joining a string); the
+    n-gram's character length is that of ``" ".join(gram)``, as in the papers."""
+    return list(zip(*(words[i:] for i in range(n))))
 
 
-def _all_duplicate_chars(ngrams: list[str], n: int) -> int:
-    seen: set[str] = set()
+def _gram_len(gram: tuple[str, ...]) -> int:
+    return sum(map(len, gram)) + len(gram) - 1
+
+
+def _all_duplicate_chars(ngrams: list[tuple[str, ...]], n: int) -> int:
+    """Characters in repeated n-grams, skipping past each repeat so overlapping ones count once."""
+    seen: set[tuple[str, ...]] = set()
     chars = idx = 0
     while idx < len(ngrams):
         g = ngrams[idx]
         if g in seen:
-            chars += len(g)
+            chars += _gram_len(g)
             idx += n
         else:
             seen.add(g)
@@ -132,12 +141,15 @@ class GopherRepetition:
             grams = _ngrams(words, n)
             if grams:
                 gram, count = Counter(grams).most_common(1)[0]
-                if len(gram) * count / size > frac:
+                if _gram_len(gram) * count / size > frac:
                     return f"top_{n}_gram"
         for n, frac in self.dup_n_grams:
             grams = _ngrams(words, n)
-            if grams and _all_duplicate_chars(grams, n) / size > frac:
+            chars = _all_duplicate_chars(grams, n) if grams else 0
+            if chars / size > frac:
                 return f"duplicated_{n}_grams"
+            if chars == 0:  # no repeated n-gram means no repeated longer one either
+                break
         return None
 
 
