@@ -236,6 +236,20 @@ def _remove_extra_shards(split_dir: Path, count: int) -> None:
                 p.unlink()
 
 
+def _claim_output(out: Path, fp: str) -> None:
+    """Resume only our own partial output: unless ``_work/run.json`` says this directory holds a
+    partial run with the same options, remove the outputs another run left (shards, rejected,
+    manifest, tokenizer) so none of them is taken for finished work. Per-file intermediates under
+    ``_work/<fingerprint>/`` stay: their names already say which options made them."""
+    marker = out / "_work" / "run.json"
+    if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fp:
+        return
+    for pattern in ("train/shard-*.tar", "val/shard-*.tar", "rejected/*.parquet", "manifest.json", "tokenizer.model"):
+        for path in out.glob(pattern):
+            path.unlink()
+    write_json_atomic(marker, {"fingerprint": fp})
+
+
 def run_pipeline(inputs: list[InputFile], out_dir: str | Path, opts: TextOptions, ray_address: str | None = None,
                  num_cpus: int | None = None, keep_work: bool = False, progress: bool = True,
                  retries: int = 5) -> dict:
@@ -248,6 +262,7 @@ def run_pipeline(inputs: list[InputFile], out_dir: str | Path, opts: TextOptions
         if old.get("pipeline", {}).get("fingerprint") == runner.fp_all:
             return old
     remove_stale_temps(runner.out)
+    _claim_output(runner.out, runner.fp_all)
     with ray_session(ray_address, num_cpus) as ray:
         runner.ray = ray
         files = runner.stage1()

@@ -304,3 +304,27 @@ def test_crawl_download_from_a_local_server(ray_started, corpus, tmp_path, capsy
     assert "HTTP 404" in files["crawl-data/CC-MAIN-2024-22/segments/1/not-there.warc.gz"]["error"]
     assert (tmp_path / "out" / "_downloads" / rel[0]).read_bytes() == Path(corpus["files"][0]).read_bytes()
     assert "tar overhead" in capsys.readouterr().out
+
+
+def test_rerun_with_other_options_into_the_same_directory_never_reuses_old_shards(reference, corpus, tmp_path):
+    import shutil
+
+    ref_out, ref = reference
+    out = tmp_path / "out"
+    shutil.copytree(ref_out, out)
+    inputs = [InputFile(path=f, source=os.path.basename(f)) for f in corpus["files"]]
+    opts = options()
+    opts.sample_tokens = 4096
+    m = run_pipeline(inputs, out, opts, progress=False)
+    assert m["pipeline"]["fingerprint"] != ref["pipeline"]["fingerprint"]
+    assert m["splits"]["train"]["samples"] < ref["splits"]["train"]["samples"]
+    digests = shard_digests(out)
+    assert sorted(digests) == sorted(s["path"] for split in m["splits"].values() for s in split["shards"])
+    for split in m["splits"].values():
+        for s in split["shards"]:
+            assert digests[s["path"]] == s["sha256"]
+            samples = list(wds.WebDataset(str(out / s["path"]), shardshuffle=False))
+            assert len(samples) == s["samples"]
+            assert sum(len(np.load(io.BytesIO(x["tokens.npy"]))) for x in samples) == s["tokens"]
+    assert sum(len(json.loads(x["json"])["doc_lengths"]) for x in wds.WebDataset(
+        [str(p) for p in sorted(out.glob("*/*.tar"))], shardshuffle=False)) == ref["counts"]["total"]["kept"]
