@@ -24,7 +24,7 @@ from pathlib import Path
 
 from data_pipeline.imagenet import outputs
 from data_pipeline.imagenet.process import DEFAULT_MAX_PIXELS, ImageOptions
-from data_pipeline.imagenet.shard_task import finished_summary, plan_fingerprint, process_shard
+from data_pipeline.imagenet.shard_task import STATE_DIR, finished_summary, plan_fingerprint, process_shard
 from data_pipeline.imagenet.sources import InputError, Item, SplitInput, build_classes, scan_split
 from data_pipeline.shards import remove_stale_temps
 
@@ -107,6 +107,17 @@ def _run_shards(ray, cfg: BuildConfig, split: str, plan, class_index: dict[str, 
     return [summaries[i] for i in range(len(plan))]
 
 
+def _remove_extra_shards(out_dir: str, split: str, n_shards: int) -> None:
+    """Delete shards (and their state) numbered past this plan, left by an earlier run with other
+    options, so the directory holds exactly what the manifest lists."""
+    for pattern in ("shard-*.tar", "shard-*.json"):
+        folder = Path(out_dir) / (split if pattern.endswith(".tar") else f"{STATE_DIR}/{split}")
+        for path in folder.glob(pattern):
+            digits = path.name[len("shard-"):].split(".")[0]
+            if digits.isdigit() and int(digits) >= n_shards:
+                path.unlink()
+
+
 def _labelled(split_input: SplitInput) -> tuple[list[Item], list[dict]]:
     """Items with a label, and rejection rows for files no label could be found for."""
     items, unlabeled = [], []
@@ -158,6 +169,7 @@ def build(cfg: BuildConfig) -> dict:
             items, unlabeled = labelled[split]
             plan = plan_shards(items, split, cfg.seed, cfg.shard_size)
             summaries = _run_shards(ray, cfg, split, plan, class_index)
+            _remove_extra_shards(cfg.out, split, len(plan))
             split_results[split] = (summaries, unlabeled)
     remove_stale_temps(cfg.out)  # all our tasks are done: temps now can only be from a killed earlier run
     return outputs.write_outputs(cfg.out, classes, split_results, cfg.recorded(), previous)

@@ -157,6 +157,14 @@ def test_one_and_two_workers_and_a_rerun_give_identical_bytes(ray_cluster, tree,
     assert all_files(out1) == all_files(out2)
 
 
+def test_rerun_with_other_options_leaves_exactly_a_fresh_runs_files(ray_cluster, tree, tmp_path):
+    root, _ = tree
+    build(config(root, tmp_path / "reused", shard_size=4))
+    build(config(root, tmp_path / "reused", shard_size=16, max_size=40))
+    build(config(root, tmp_path / "fresh", shard_size=16, max_size=40))
+    assert all_files(tmp_path / "reused") == all_files(tmp_path / "fresh")
+
+
 def test_other_seed_gives_other_order(ray_cluster, tree, built, tmp_path):
     root, _ = tree
     out2, m2, _ = built
