@@ -29,9 +29,12 @@ read the same way.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
+import mmap
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,6 +78,37 @@ def resolve_checkpoint_dir(path: str | Path) -> Path:
         if not (root / COMPLETE).exists() and (root / LATEST).is_file():
             return root / (root / LATEST).read_text().strip()
     return path
+
+
+_MADV_DONTNEED = 4
+
+
+def _libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _libc()
+
+
+def _release(views: list[torch.Tensor]) -> None:
+    """Drop the pages of memory-mapped checkpoint slices already consumed from this process's
+    resident set (``madvise(MADV_DONTNEED)``; Linux). The mapping is a private, never-written file
+    mapping, so a page touched again is simply re-read from the file: without this, every page of
+    the fp32 masters read so far would stay resident and the export would peak at one extra copy
+    of the model."""
+    if _LIBC is None:
+        return
+    for v in views:
+        start = v.data_ptr()
+        lo = start - start % mmap.PAGESIZE
+        _LIBC.madvise(lo, start - lo + v.numel() * v.element_size(), _MADV_DONTNEED)
 
 
 def _gather(chunks: list[torch.Tensor], start: int, length: int) -> list[torch.Tensor]:
@@ -134,7 +168,7 @@ class _RankWeights:
             osd = torch_load(files[0]).get("optimizer_state_dict", {})
             if key not in osd:
                 raise CheckpointError(f"{files[0]}: no {key} (ZeRO stage {self.stage} expected)")
-            self.flat.append(list(osd[key]))
+            self.flat.append([t.detach() for t in osd[key]])  # saved as Parameters (requires_grad)
             paddings = osd.get("param_alignment_paddings")
         if self.stage == 3:
             self._index_zero3(dp_size)
@@ -179,15 +213,22 @@ class _RankWeights:
         """The full (for this tensor rank) fp32 tensor: a fresh copy, never a view of a mapped file."""
         key = self.shared.get(key, key)
         if key in self.buffers:
-            return self.buffers[key].float().clone() if self.buffers[key].is_floating_point() else self.buffers[key].clone()
+            b = self.buffers[key].detach()
+            return b.float().clone() if b.is_floating_point() else b.clone()
         shape = self.shape(key)
         if self.stage == 0:
-            return self.module[PREFIX + key].to(torch.float32, copy=True).reshape(shape)
+            src = self.module[PREFIX + key].detach()
+            out = src.to(torch.float32, copy=True).reshape(shape)
+            _release([src])
+            return out
         g, offset, n = self.index[key]
         if self.stage == 3:
             pieces = [p for rank in self.flat for p in _gather(rank, offset, n)]
-            return torch.cat(pieces)[: shape.numel()].float().reshape(shape)
-        return torch.cat(_gather([rank[g] for rank in self.flat], offset, n)).float().reshape(shape)
+        else:
+            pieces = _gather([rank[g] for rank in self.flat], offset, n)
+        out = torch.cat(pieces)[: shape.numel()].float().reshape(shape)  # cat copies: no view of the file
+        _release(pieces)
+        return out
 
 
 def _plain(key: str) -> str:
@@ -253,6 +294,7 @@ class CheckpointReader:
     def keys(self) -> list[str]:
         return list(self._keys)
 
+    @torch.no_grad()
     def tensor(self, key: str) -> torch.Tensor:
         """The full, tensor-parallel-merged fp32 tensor for our plain ``key``."""
         if key not in self._keys:

@@ -3,12 +3,18 @@
 ``tokenizer.json`` is built from the sentencepiece proto itself with ``transformers``'
 ``SpmConverter.build_tokenizer_from_spm_proto``, which follows the model's own normaliser
 (the precompiled NFKC map, whitespace escaping, dummy prefix), ranks BPE merges by piece score
-(or keeps the unigram scores), keeps byte fallback, and emits user-defined pieces (``<mask>``,
-``<cls>``, ``<sep>``) whole; one normaliser rule is added so that a text starting with a space
-keeps sentencepiece's extra dummy-prefix ``▁``. Control pieces (``<pad>``, ``<s>``, ``</s>``) become special added
-tokens. No BOS/EOS is added on encode, as ``SentencePieceProcessor.encode`` adds none and the
-training data has none inside documents. ``tokenizer.model`` is copied beside it for users of
-the slow sentencepiece tokenizers.
+(or keeps the unigram scores), and keeps byte fallback. Two additions make it encode like
+``SentencePieceProcessor.encode``: a normaliser rule keeps sentencepiece's dummy-prefix ``▁`` in
+front of a text that starts with a space, and the user-defined pieces (``<mask>``, ``<cls>``,
+``<sep>``) are added tokens matched in the *normalised* text, as sentencepiece matches them (added
+before normalisation they would cut the text into chunks normalised one by one). Control pieces
+(``<pad>``, ``<s>``, ``</s>``) are special added tokens. No BOS/EOS is added on encode, as
+``encode`` adds none and the training data has none inside documents. ``tokenizer.model`` is
+copied beside it for users of the slow sentencepiece tokenizers.
+
+Known differences (edge cases, not in training text): a text that *starts* with a user-defined
+piece gets no ``▁`` before it (sentencepiece emits one), and the literal strings ``<s>``/``</s>``
+are read as the special tokens (sentencepiece spells them out in bytes).
 """
 
 from __future__ import annotations
@@ -41,9 +47,9 @@ def build_fast_tokenizer(model: bytes):
     if proto.normalizer_spec.add_dummy_prefix and proto.normalizer_spec.escape_whitespaces:
         # sentencepiece adds its "▁" even before a leading space; Metaspace would skip it there
         tok.normalizer = normalizers.Sequence([tok.normalizer, normalizers.Replace(Regex(r"\A▁"), "▁▁")])
-    # user-defined pieces are already isolated by the pre-tokenizer on the whole normalised text;
-    # making them added tokens would split the text before normalisation and move the dummy prefix
+    # user-defined pieces: matched in the normalised text (see the module docstring)
     tok.add_special_tokens([AddedToken(p.piece, special=True, normalized=False) for p in proto.pieces if p.type == 3])
+    tok.add_special_tokens([AddedToken(p.piece, special=True, normalized=True) for p in proto.pieces if p.type == 4])
     return tok
 
 
