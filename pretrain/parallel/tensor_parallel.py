@@ -174,6 +174,9 @@ def _sharded_param(full: torch.Tensor, spec: ShardSpec) -> nn.Parameter:
         data = shard_tensor(full.detach(), spec.dim, spec.parts, spec.rank, spec.size).clone()
     p = nn.Parameter(data, requires_grad=full.requires_grad)
     p.tp_shard = spec
+    # Megatron's attributes: DeepSpeed's gradient-norm/clipping counts a parameter on every tensor
+    # rank only when ``tensor_model_parallel`` is set (replicated ones are counted on rank 0 only).
+    p.tensor_model_parallel, p.partition_dim, p.partition_stride = True, spec.dim, 1
     return p
 
 

@@ -81,6 +81,7 @@ def check_equivalence(cfg, mpu, checkpointing: bool) -> None:
         spec = getattr(p, "tp_shard", None)
         grad = gather_full(p.grad, spec) if spec is not None else p.grad
         sharded += spec is not None
+        assert getattr(p, "tensor_model_parallel", False) == (spec is not None), name  # DeepSpeed's grad norm
         rel_close(grad, ref_grads[name], f"{cfg.family} grad {name}")
     expected = 4 * cfg.num_layers + (1 if cfg.family == "vit" else 2)  # layer weights + embedding (+ bias)
     assert sharded >= expected, f"only {sharded} parameters were sharded"
@@ -106,6 +107,7 @@ def check_sharded_build(cfg, mpu) -> None:
     assert got.keys() == expected.keys()
     for k in got:
         assert torch.equal(got[k], expected[k]), f"sharded init differs from sliced TP=1 init at {k}"
+    assert all(p.tensor_model_parallel for p in local.parameters() if hasattr(p, "tp_shard"))  # kept by materialize
     assert count_parameters(local) == count_parameters(full)  # full size by default
     assert count_parameters(local, local=True) < 0.6 * count_parameters(full)
     ratio = storage_bytes(local) / storage_bytes(full)
