@@ -116,7 +116,9 @@ def resolve_inputs(args) -> list:
         if not matches or not all(os.path.isfile(m) for m in matches):
             raise ValueError(f"--input {pattern}: no such file")
         paths += matches
-    return [InputFile(path=p, source=p) for p in sorted(dict.fromkeys(paths))]
+    # workers (on a cluster, or with another working directory) get absolute paths; lineage keeps
+    # the names as given
+    return [InputFile(path=os.path.abspath(p), source=p) for p in sorted(dict.fromkeys(paths))]
 
 
 def run(args) -> int:

@@ -75,8 +75,8 @@ class Runner:
     def __init__(self, inputs: list[InputFile], out_dir: str | Path, opts: TextOptions, progress: bool = True,
                  retries: int = 5):
         self.inputs, self.opts, self.progress, self.retries = inputs, opts, progress, retries
-        self.out = Path(out_dir)
-        self.keys = [f"{i:05d}" for i in range(len(inputs))]
+        self.out = Path(out_dir).absolute()  # tasks may run with another working directory
+        self.keys = [f"{i:06d}" for i in range(len(inputs))]
         self.fp_read = fingerprint(subset(opts, READ_KEYS), [i.identity() for i in inputs])
         self.fp_all = fingerprint(self.fp_read, opts.to_dict())
         self.work = self.out / "_work" / self.fp_read

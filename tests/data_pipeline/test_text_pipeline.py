@@ -328,3 +328,31 @@ def test_rerun_with_other_options_into_the_same_directory_never_reuses_old_shard
             assert sum(len(np.load(io.BytesIO(x["tokens.npy"]))) for x in samples) == s["tokens"]
     assert sum(len(json.loads(x["json"])["doc_lengths"]) for x in wds.WebDataset(
         [str(p) for p in sorted(out.glob("*/*.tar"))], shardshuffle=False)) == ref["counts"]["total"]["kept"]
+
+
+HEAD_SCRIPT = """
+import sys, time, ray
+ctx = ray.init(num_cpus=2, include_dashboard=False)
+print(ctx.address_info["gcs_address"], flush=True)
+time.sleep(600)
+"""
+
+
+def test_ray_address_joins_a_running_cluster_and_gives_the_same_bytes(reference, sources_in_place, tmp_path):
+    """A separate Ray head process (another working directory) stands in for a cluster; the CLI
+    joins it with --ray-address, its tasks find the inputs and the output by absolute path."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
+    head = subprocess.Popen([sys.executable, "-c", HEAD_SCRIPT], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        address = head.stdout.readline().strip()
+        assert ":" in address, "the Ray head did not start"
+        out = tmp_path / "cluster"
+        cmd = [sys.executable, "-m", "launch.cli", "data", "commoncrawl", "--input", "a.warc.gz", "b.warc",
+               "c.warc.wet.gz", "-o", str(out), "--ray-address", address, *CLI_ARGS]
+        result = subprocess.run(cmd, cwd=sources_in_place, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+        _same_as_reference(out, reference)
+        assert head.poll() is None  # the cluster is left running
+    finally:
+        _reap(head)
