@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = BuildConfig(
         input=args.input, out=args.out, splits=[s.strip() for s in args.split.split(",") if s.strip()],
         max_size=args.max_size, quality=args.quality, shard_size=args.shard_size, seed=args.seed,
-        max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, classes_file=args.classes, num_cpus=args.num_cpus,
+        max_pixels=DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels, classes_file=args.classes, num_cpus=args.num_cpus,
         ray_address=args.ray_address, progress=not args.no_progress, shard_delay_s=args.debug_shard_delay,
     )
     try:

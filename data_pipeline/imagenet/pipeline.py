@@ -135,6 +135,8 @@ def _check_config(cfg: BuildConfig) -> None:
         raise InputError(f"--shard-size {cfg.shard_size}: must be at least 1")
     if not 1 <= cfg.quality <= 100:
         raise InputError(f"--quality {cfg.quality}: must be 1..100")
+    if cfg.max_pixels < 1:
+        raise InputError(f"--max-pixels {cfg.max_pixels}: must be at least 1")
     if cfg.max_size < 0:
         raise InputError(f"--max-size {cfg.max_size}: must be >= 0 (0 keeps the original size)")
     if not cfg.splits or any(not s or "/" in s or s.startswith(("_", ".")) for s in cfg.splits):

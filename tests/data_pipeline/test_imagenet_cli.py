@@ -106,6 +106,8 @@ def test_sigkill_mid_run_then_rerun_gives_identical_output(ray_cluster, tmp_path
     (["--max-size", "-1"], "--max-size -1"),
     (["--num-cpus", "0"], "--num-cpus 0"),
     (["--classes", "/nonexistent/classes.txt"], "--classes /nonexistent/classes.txt"),
+    (["--max-pixels", "0"], "--max-pixels 0"),
+    (["--split", ","], "--split"),
 ])
 def test_bad_input_exits_2_and_names_it(tmp_path, capsys, extra, needle):
     root = tmp_path / "in"
