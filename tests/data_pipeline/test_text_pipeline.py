@@ -356,3 +356,26 @@ def test_ray_address_joins_a_running_cluster_and_gives_the_same_bytes(reference,
         assert head.poll() is None  # the cluster is left running
     finally:
         _reap(head)
+
+
+def test_given_tokenizer_file_gives_the_same_shards(reference, corpus, tmp_path):
+    ref_out, ref = reference
+    model = tmp_path / "given.model"
+    model.write_bytes((ref_out / "tokenizer.model").read_bytes())
+    opts = options()
+    opts.tokenizer = str(model)
+    inputs = [InputFile(path=f, source=os.path.basename(f)) for f in corpus["files"]]
+    m = run_pipeline(inputs, tmp_path / "out", opts, progress=False)
+    assert m["tokenizer"] == ref["tokenizer"] and m["pipeline"]["tokenizer"] == str(model)
+    assert shard_digests(tmp_path / "out") == shard_digests(ref_out)
+
+
+def test_inspect_shows_the_first_document_of_the_reference_run(reference, capsys):
+    from launch.cli import main
+
+    out, _ = reference
+    assert main(["data", "inspect", str(out), "--json", "--chars", "1000000"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    lineage, text = decoded_documents(out)[0]
+    assert report["sample"]["first_document"] == lineage and report["sample"]["text"] == text
+    assert report["counts"]["total"]["kept"] == sum(s["documents"] for s in report["splits"].values())

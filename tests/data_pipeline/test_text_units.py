@@ -189,6 +189,18 @@ def test_cli_rejects_bad_input_with_exit_2(kw, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_fasttext_model_without_the_package_exits_2(capsys):
+    # fastText is optional; without it a --fasttext-model path is refused with a clear message
+    try:
+        import fasttext  # noqa: F401
+    except ImportError:
+        cli, args = _args(input=[__file__], fasttext_model=__file__)
+        assert cli.run(args) == 2
+        assert "the `fasttext` package is not installed" in capsys.readouterr().err
+    else:
+        pytest.skip("fasttext is installed")
+
+
 def test_cli_is_registered():
     from launch.cli import build_parser
 
