@@ -141,3 +141,36 @@ def test_rerun_repairs_damaged_shards_and_removes_stale_temps(ray_cluster, tmp_p
     (out / "manifest.json").unlink()
     assert main(args) == 0
     assert all_files(out) == ref
+
+
+HEAD_SCRIPT = """
+import time, ray
+ctx = ray.init(num_cpus=2, include_dashboard=False)
+print(ctx.address_info["gcs_address"], flush=True)
+time.sleep(600)
+"""
+
+
+def test_ray_address_joins_a_running_cluster_with_relative_paths(ray_cluster, tmp_path):
+    """A separate Ray head (its own working directory) stands in for a cluster; the CLI, run with
+    relative --input/--out from a third directory, joins it and writes the same files."""
+    root = tmp_path / "data" / "in"
+    make_tree(root, with_val=False)
+    assert main(cli_args(root, tmp_path / "data" / "ref", "--split", "train")) == 0
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
+    (tmp_path / "head").mkdir()
+    head = subprocess.Popen([sys.executable, "-c", HEAD_SCRIPT], cwd=tmp_path / "head", env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        address = head.stdout.readline().strip()
+        assert ":" in address, "the Ray head did not start"
+        args = cli_args(Path("in"), Path("out"), "--split", "train", "--ray-address", address)
+        result = subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=tmp_path / "data", env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+        assert all_files(tmp_path / "data" / "out") == all_files(tmp_path / "data" / "ref")
+        assert head.poll() is None  # the cluster is left running
+    finally:
+        os.kill(head.pid, signal.SIGKILL)
+        head.wait()
+        _kill_session(head.pid)
