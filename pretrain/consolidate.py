@@ -14,8 +14,9 @@ and never hold two copies of the model. Layouts (``<dp>``/``<tp>`` = data/tensor
   ``mp_rank_<tp>_model_states.pt`` and ``param_alignment_paddings`` (as DeepSpeed's zero_to_fp32).
 - ZeRO 3: the same files' ``fp32_flat_groups``: every parameter is padded to a multiple of the data
   size and each data rank holds one equal slice of it, parameters in ``param_shapes`` order.
-- bf16/fp16: the fp32 masters above are read (ZeRO 0 reads the module weights, cast to fp32);
-  offloaded runs write the same files.
+- bf16/fp16: the fp32 masters above are read; at ZeRO 0 they are DeepSpeed's FP16/BF16
+  optimizer's ``fp32_groups`` in the model states (matched to names by rebuilding our AdamW
+  groups). Offloaded runs write the same files.
 
 DeepSpeed's ``zero_to_fp32`` reads only ``mp_rank_00``; here each tensor rank is consolidated on its
 own and the ranks are then merged with ``pretrain.parallel.merge_tp_state_dicts``. DeepSpeed's
@@ -130,8 +131,9 @@ def _gather(chunks: list[torch.Tensor], start: int, length: int) -> list[torch.T
 class _RankWeights:
     """One tensor rank's consolidated (over ZeRO data ranks) fp32 weights, by plain key."""
 
-    def __init__(self, tag_dir: Path, tp_rank: int, stage: int, dp_size: int):
+    def __init__(self, tag_dir: Path, tp_rank: int, stage: int, dp_size: int, config=None):
         self.tag_dir, self.stage = tag_dir, stage
+        self.masters: dict[str, torch.Tensor] = {}  # ZeRO 0 bf16/fp16: fp32 masters by key
         mp = f"mp_rank_{tp_rank:02d}"
         if stage == 3:
             states = torch_load(self._one(f"zero_pp_rank_0_{mp}_model_states.pt"))
@@ -146,6 +148,8 @@ class _RankWeights:
             states["param_shapes"] = [{k: v.shape for k, v in states["module"].items()
                                        if _plain(k) not in self.buffers and _plain(k) not in self.shared}]
         self.groups = [{_plain(k): torch.Size(v) for k, v in g.items()} for g in states["param_shapes"]]
+        if stage == 0 and config is not None:
+            self.masters = _zero0_masters(states, config, tag_dir / f"{mp}_model_states.pt")
         self.flat: list[list[torch.Tensor]] = []
         self.index: dict[str, tuple[int, int, int]] = {}  # key -> (group, offset, numel)
         if stage > 0:
@@ -217,7 +221,7 @@ class _RankWeights:
             return b.float().clone() if b.is_floating_point() else b.clone()
         shape = self.shape(key)
         if self.stage == 0:
-            src = self.module[PREFIX + key].detach()
+            src = self.masters.get(key, self.module[PREFIX + key]).detach()
             out = src.to(torch.float32, copy=True).reshape(shape)
             _release([src])
             return out
@@ -229,6 +233,36 @@ class _RankWeights:
         out = torch.cat(pieces)[: shape.numel()].float().reshape(shape)  # cat copies: no view of the file
         _release(pieces)
         return out
+
+
+def _zero0_masters(states: dict, config, path: Path) -> dict[str, torch.Tensor]:
+    """ZeRO 0 in bf16/fp16: DeepSpeed's FP16/BF16 optimizer keeps fp32 copies of the parameters in
+    ``optimizer.fp32_groups`` (one list per AdamW group, in parameter order, no names). The names
+    come from rebuilding our groups (``pretrain.schedules.param_groups``) on a meta model; every
+    shape must match this tensor rank's module weights, else the module weights are used."""
+    groups = (states.get("optimizer") or {}).get("fp32_groups") if isinstance(states.get("optimizer"), dict) else None
+    if not groups:
+        return {}
+    from pretrain.models import build_model
+    from pretrain.schedules import param_groups
+
+    model = build_model(config.model, device="meta")
+    names = {id(p): n for n, p in model.named_parameters()}
+    ours = [[names[id(p)] for p in g["params"]] for g in param_groups(model, config.optim)]
+    if [len(g) for g in ours] != [len(g) for g in groups]:
+        return {}
+    masters = {}
+    for group_names, tensors in zip(ours, groups):
+        for name, t in zip(group_names, tensors):
+            module_t = states["module"].get(PREFIX + name)
+            if module_t is None or tuple(module_t.shape) != tuple(t.shape):
+                import warnings
+
+                warnings.warn(f"{path}: fp32 master copies do not line up with the parameters; "
+                              "using the module weights (training precision)", stacklevel=3)
+                return {}
+            masters[name] = t
+    return masters
 
 
 def _plain(key: str) -> str:
@@ -252,7 +286,7 @@ class CheckpointReader:
             self._open_safetensors()
             stored = list(self._files)
         else:
-            self.ranks = [_RankWeights(self.dir, t, *self._layout()) for t in range(self._tensor_size())]
+            self.ranks = [_RankWeights(self.dir, t, *self._layout(), self.config) for t in range(self._tensor_size())]
             stored = self.ranks[0].keys()
         self._stored = set(stored)
         self._keys = _with_tied(stored, self.model_config)

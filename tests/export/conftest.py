@@ -21,6 +21,14 @@ REPO = Path(__file__).resolve().parents[2]
 MODELS = {"gpt": "configs/gpt/debug.yaml", "llama": "configs/gpt/debug-llama.yaml",
           "bert": "configs/bert/debug.yaml", "vit": "configs/vit/debug.yaml"}
 LAYOUTS = [(1, 1), (1, 2), (3, 1), (3, 2)]  # (ZeRO stage, tensor size) on 2 ranks
+# bf16 (DeepSpeed's CPU accelerator has no fp16), ZeRO 0 and 2, CPU offload: name -> (model, stage, tp, extra)
+EXTRA = {
+    "gpt_bf16_z2_offload_tp2": ("gpt", 2, 2, ["parallel.precision=bf16", "parallel.offload_optimizer=true"]),
+    "llama_bf16_z3_offload_tp1": ("llama", 3, 1, ["parallel.precision=bf16", "parallel.offload_optimizer=true",
+                                                  "parallel.offload_params=true"]),
+    "bert_bf16_z0_tp2": ("bert", 0, 2, ["parallel.precision=bf16"]),
+    "vit_fp32_z0_tp2": ("vit", 0, 2, []),
+}
 TEXTS = [
     "The quick brown fox jumps over the lazy dog while 12345 apples fall.",
     "Le cœur a ses raisons que la raison ne connaît point, disait Pascal.",
@@ -47,12 +55,14 @@ def _overrides(run_dir: Path, stage: int, tp: int) -> list[str]:
             f"parallel.tensor_size={tp}"]
 
 
-def train_matrix(root: Path, runs: list[tuple[str, int, int]]) -> dict[str, Path]:
-    """Train every (model, stage, tp) in one 2-rank job; returns name -> run dir."""
+def train_matrix(root: Path, runs: list[tuple[str, int, int]], extra: dict | None = None) -> dict[str, Path]:
+    """Train every (model, stage, tp) and every ``EXTRA``-style entry in one 2-rank job; returns
+    name -> run dir."""
     from launch.local import free_port, run_ranks
 
-    spec = [{"config": str(REPO / MODELS[m]), "overrides": _overrides(root / run_name(m, s, t), s, t)}
-            for m, s, t in runs]
+    jobs = {run_name(m, s, t): (m, s, t, []) for m, s, t in runs} | dict(extra or {})
+    spec = [{"config": str(REPO / MODELS[m]), "overrides": _overrides(root / name, s, t) + more}
+            for name, (m, s, t, more) in jobs.items()]
     (root / "spec.json").write_text(json.dumps(spec))
     env = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
     cwd = os.getcwd()
@@ -62,7 +72,7 @@ def train_matrix(root: Path, runs: list[tuple[str, int, int]]) -> dict[str, Path
     finally:
         os.chdir(cwd)
     assert code == 0, f"training the export matrix failed (exit {code})"
-    return {run_name(m, s, t): root / run_name(m, s, t) for m, s, t in runs}
+    return {name: root / name for name in jobs}
 
 
 def add_tokenizer(run_dir: Path, model: bytes) -> None:
@@ -88,9 +98,9 @@ def spm_model() -> bytes:
 
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory, spm_model) -> dict[str, Path]:
-    """name (``gpt_z1_tp2`` ...) -> run dir, for all 16 runs."""
+    """name (``gpt_z1_tp2`` ..., and the ``EXTRA`` names) -> run dir, for all 20 runs."""
     root = tmp_path_factory.mktemp("export_runs")
-    runs = train_matrix(root, [(m, s, t) for m in MODELS for s, t in LAYOUTS])
+    runs = train_matrix(root, [(m, s, t) for m in MODELS for s, t in LAYOUTS], EXTRA)
     for name, run_dir in runs.items():
         if not name.startswith("vit"):
             add_tokenizer(run_dir, spm_model)

@@ -11,10 +11,10 @@ import torch
 
 from pretrain.consolidate import from_checkpoint, load_full_state_dict, torch_load
 from pretrain.export import export_checkpoint
-from tests.export.conftest import LAYOUTS, MODELS, SAMPLE, run_name
+from tests.export.conftest import EXTRA, LAYOUTS, MODELS, SAMPLE, run_name
 from tests.export.helpers import hf_logits, inputs, our_logits
 
-RUNS = [run_name(m, s, t) for m in MODELS for s, t in LAYOUTS]
+RUNS = [run_name(m, s, t) for m in MODELS for s, t in LAYOUTS] + list(EXTRA)
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,22 @@ def test_zero1_masters_equal_module_weights(checkpoints, model):
     merged = merge_tp_state_dicts(modules, cfg.model)
     for k, v in merged.items():
         assert torch.equal(sd[k], v.float()), k
+
+
+@pytest.mark.parametrize("name", ["gpt_bf16_z2_offload_tp2", "bert_bf16_z0_tp2"])
+def test_bf16_runs_export_the_fp32_masters(checkpoints, name):
+    """bf16 training keeps fp32 master weights (ZeRO 2 partitions, offloaded; ZeRO 0 optimizer
+    copies): those are read, and rounded to bf16 they are exactly the module weights."""
+    from pretrain.parallel import merge_tp_state_dicts
+
+    cfg, sd = load_full_state_dict(checkpoints[name])
+    tag = checkpoints[name] / "checkpoints" / "step00000002"
+    module = merge_tp_state_dicts([{k.removeprefix("model."): v for k, v in
+                                    torch_load(tag / f"mp_rank_{r:02d}_model_states.pt")["module"].items()}
+                                   for r in range(2)], cfg.model)
+    assert {v.dtype for v in module.values()} == {torch.bfloat16}
+    assert all(sd[k].dtype == torch.float32 and torch.equal(sd[k].bfloat16(), v) for k, v in module.items())
+    assert any(not torch.equal(sd[k], v.float()) for k, v in module.items()), "masters hold more than bf16"
 
 
 @pytest.mark.parametrize("name", RUNS)
