@@ -130,6 +130,10 @@ class SyntheticText:
         perm_rng = np.random.default_rng([seed, 7])  # same successor rule for train and val
         self.successor = np.arange(vocab_size)
         self.successor[first:] = first + perm_rng.permutation(vocab_size - first)
+        # fresh tokens follow a Zipf law over a random ranking, as words do: unigram statistics are
+        # learnable at once (by BERT too, whose context rule needs attention and takes longer)
+        zipf = 1.0 / (1.0 + perm_rng.permutation(vocab_size - first))
+        self.fresh_p = zipf / zipf.sum()
         self.first = first
 
     def counts(self) -> list[int]:
@@ -144,7 +148,7 @@ class SyntheticText:
         total = sum(self.doc_lengths(shard, index))
         rng = np.random.default_rng([self.seed, self.salt, index, 1])
         noise = rng.random(total) < 0.2
-        rand = rng.integers(self.first, self.vocab_size, total)
+        rand = self.first + rng.choice(self.vocab_size - self.first, total, p=self.fresh_p)
         out = np.empty(total, dtype=np.int64)
         prev = int(rand[0])
         for i in range(total):
