@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 STAGES = ("read", "extract", "lang", "gopher_repetition", "gopher_quality", "c4", "fineweb", "dedup", "tokenize")
 
@@ -47,7 +47,6 @@ class TextOptions:
     sample_tokens: int = 16384
     samples_per_shard: int = 1000
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = asdict(self)
