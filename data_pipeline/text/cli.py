@@ -33,6 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for name in ("gopher-quality", "gopher-repetition", "c4", "c4-terminal-punct", "fineweb", "pii", "exact-dedup",
                  "near-dedup"):
         f.add_argument(f"--no-{name}", action="store_true", help=f"switch off {name.replace('-', ' ')}")
+    f.add_argument("--filter", action="append", default=[], metavar="RULE.PARAM=VALUE",
+                   help="override one published default, e.g. c4.min_num_sentences=3 or "
+                        "gopher_quality.min_doc_words=30 (rules: gopher_quality, gopher_repetition, c4, fineweb)")
     f.add_argument("--ngram", type=int, default=5, help="MinHash word n-gram size")
     f.add_argument("--bands", type=int, default=14, help="MinHash LSH bands")
     f.add_argument("--rows", type=int, default=8, help="MinHash LSH rows per band")
@@ -81,8 +84,10 @@ def _options(args):
             import fasttext  # noqa: F401
         except ImportError as e:
             raise ValueError(f"--fasttext-model {args.fasttext_model}: the `fasttext` package is not installed") from e
+    from data_pipeline.text.filters import parse_overrides
+
     return TextOptions(
-        extractor=args.extractor, langs=langs, lang_threshold=args.lang_threshold, fasttext_model=args.fasttext_model,
+        filter_params=parse_overrides(args.filter), extractor=args.extractor, langs=langs, lang_threshold=args.lang_threshold, fasttext_model=args.fasttext_model,
         gopher_quality=not args.no_gopher_quality, gopher_repetition=not args.no_gopher_repetition, c4=not args.no_c4,
         c4_terminal_punct=not args.no_c4_terminal_punct, fineweb=not args.no_fineweb, pii=not args.no_pii,
         exact_dedup=not args.no_exact_dedup, near_dedup=not args.no_near_dedup, ngram=args.ngram, bands=args.bands,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 STAGES = ("read", "extract", "lang", "gopher_repetition", "gopher_quality", "c4", "fineweb", "dedup", "tokenize")
 
@@ -28,6 +28,7 @@ class TextOptions:
     gopher_quality: bool = True
     c4: bool = True
     c4_terminal_punct: bool = True
+    filter_params: dict = field(default_factory=dict)  # {"c4": {"min_num_sentences": 3}, ...} over the defaults
     fineweb: bool = True
     pii: bool = True
     email_replacement: str = "email@example.com"
@@ -55,8 +56,8 @@ class TextOptions:
 
 
 READ_KEYS = ("extractor", "max_record_bytes", "langs", "lang_threshold", "fasttext_model", "gopher_repetition",
-             "gopher_quality", "c4", "c4_terminal_punct", "fineweb", "pii", "email_replacement", "ip_replacement",
-             "ngram", "bands", "rows", "minhash_seed")
+             "gopher_quality", "c4", "c4_terminal_punct", "filter_params", "fineweb", "pii", "email_replacement",
+             "ip_replacement", "ngram", "bands", "rows", "minhash_seed")
 DEDUP_KEYS = ("exact_dedup", "near_dedup")
 TOKENIZER_KEYS = ("tokenizer", "model_type", "vocab_size", "tokenizer_sample_chars", "tokenizer_threads", "seed")
 

@@ -35,8 +35,8 @@ STOP_WORD_RE = re.compile(r"\b(?:" + "|".join(sorted(STOP_WORDS)) + r")\b", re.I
 class GopherQuality:
     min_doc_words: int = 50
     max_doc_words: int = 100_000
-    min_avg_word_length: float = 3
-    max_avg_word_length: float = 10
+    min_avg_word_length: float = 3.0
+    max_avg_word_length: float = 10.0
     max_symbol_word_ratio: float = 0.1
     max_bullet_lines_ratio: float = 0.9
     max_ellipsis_lines_ratio: float = 0.3
@@ -214,3 +214,54 @@ class FineWeb:
         if text.count("\n") / max(len(words), 1) > self.new_line_ratio:
             return "list_ratio"
         return None
+
+
+RULES = {"gopher_quality": GopherQuality, "gopher_repetition": GopherRepetition, "c4": C4, "fineweb": FineWeb}
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict]:
+    """``["c4.min_num_sentences=3", ...]`` -> ``{"c4": {"min_num_sentences": 3}}``, checked against
+    the rule's fields (values are JSON, so lists and numbers work; bare words are strings)."""
+    import dataclasses
+    import json
+
+    out: dict[str, dict] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        rule, _, name = key.partition(".")
+        if not sep or rule not in RULES:
+            raise ValueError(f"--filter {item}: expected RULE.PARAM=VALUE with RULE one of {', '.join(RULES)}")
+        fields = {f.name: f for f in dataclasses.fields(RULES[rule])}
+        if name not in fields:
+            raise ValueError(f"--filter {item}: {rule} has no parameter {name!r} (has {', '.join(fields)})")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(rule, {})[name] = _typed(item, fields[name].default, value)
+    return out
+
+
+def _typed(item: str, default, value):
+    """``value`` in the type of the parameter's default, or a ValueError naming the override."""
+    if isinstance(default, tuple) and isinstance(value, list):
+        return tuple(tuple(v) if isinstance(v, list) else v for v in value)
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = False
+    if not ok:
+        kind = type(default).__name__
+        raise ValueError(f"--filter {item}: takes {'an' if kind[0] in 'aeiou' else 'a'} {kind} like {default!r}")
+    return value
+
+
+def build_rules(overrides: dict[str, dict], c4_terminal_punct: bool = True) -> dict:
+    """The four rule objects with published defaults, then the user's overrides."""
+    base = {"c4": {"terminal_punct": c4_terminal_punct}}
+    return {name: cls(**{**base.get(name, {}), **overrides.get(name, {})}) for name, cls in RULES.items()}

@@ -38,10 +38,9 @@ class DocumentFilter:
     def __init__(self, opts: TextOptions):
         self.opts = opts
         self.lang = LanguageId(opts.fasttext_model)
-        self.gopher_quality = filters.GopherQuality()
-        self.gopher_repetition = filters.GopherRepetition()
-        self.c4 = filters.C4(terminal_punct=opts.c4_terminal_punct)
-        self.fineweb = filters.FineWeb()
+        rules = filters.build_rules(opts.filter_params, opts.c4_terminal_punct)
+        self.gopher_quality, self.gopher_repetition = rules["gopher_quality"], rules["gopher_repetition"]
+        self.c4, self.fineweb = rules["c4"], rules["fineweb"]
         self.minhasher = dedup.MinHasher(opts.ngram, opts.bands, opts.rows, opts.minhash_seed)
 
     def apply(self, text: str, scores: dict) -> tuple[str, str, str]:

@@ -4,6 +4,7 @@ dedup, tokenizer ids, packing and the command line's input checks."""
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,21 @@ def test_fineweb_rules():
     assert _check(fw, "\n".join(listing)) == "list_ratio"
 
 
+def test_filter_overrides_are_checked_and_applied():
+    o = filters.parse_overrides(["c4.min_num_sentences=1", "gopher_quality.min_avg_word_length=2.5",
+                                 "gopher_repetition.top_n_grams=[[2,0.5]]", "c4.terminal_punct=false"])
+    assert o == {"c4": {"min_num_sentences": 1, "terminal_punct": False},
+                 "gopher_quality": {"min_avg_word_length": 2.5}, "gopher_repetition": {"top_n_grams": ((2, 0.5),)}}
+    rules = filters.build_rules(o)
+    assert rules["c4"].apply("Only one sentence here.") == (None, "Only one sentence here.")
+    assert filters.C4().apply("Only one sentence here.")[0] == "too_few_sentences"
+    assert rules["fineweb"] == filters.FineWeb()
+    for bad, message in [("c4.nope=1", "c4 has no parameter 'nope'"), ("gopher.x=1", "RULE one of"),
+                         ("c4.min_num_sentences=2.5", "takes an int"), ("fineweb.line_punct_thr", "RULE.PARAM=VALUE")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            filters.parse_overrides([bad])
+
+
 def test_pii_scrubbing():
     text, n = pii.scrub("Mail bob.smith@mail.example.com, server 8.8.8.8, lan 192.168.1.1, v1.2.3.", "<e>", "<ip>")
     assert text == "Mail <e>, server <ip>, lan 192.168.1.1, v1.2.3." and n == 2
@@ -182,6 +198,7 @@ def _args(**kw):
     ({"crawl": "CC-2024"}, "--crawl 'CC-2024'"),
     ({"input": [__file__], "vocab_size": "100"}, "--vocab-size 100"),
     ({"input": [__file__], "tokenizer": "/nonexistent.model"}, "--tokenizer /nonexistent.model"),
+    ({"input": [__file__], "filter": ["c4.min_words=2"]}, "--filter c4.min_words=2: c4 has no parameter"),
 ])
 def test_cli_rejects_bad_input_with_exit_2(kw, message, capsys):
     cli, args = _args(**kw)
