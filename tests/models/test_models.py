@@ -135,3 +135,8 @@ def test_parameter_kinds_for_weight_decay_groups():
     assert kinds["layers.0.mlp.fc_in.weight"] == "weight"
     vit = build_model(preset("vit-debug"), device="meta")
     assert parameter_kind(vit, "cls_token") == parameter_kind(vit, "pos_embed") == "embedding"
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(KeyError, match="gpt2-124m"):
+        preset("gpt3")
