@@ -2,6 +2,13 @@
 
 Each data-parallel rank has one infinite (train) or finite (eval) sequence of batches ``0, 1, 2, ...``
 that depends only on the config, the seed, ``dp_rank`` and ``dp_size`` -- not on ``num_workers``.
+
+The data-parallel split is Megatron-style: one global stream of items per split (text: packed
+windows, ``text.py``; ViT: samples), independent of the layout, with item ``g`` going to rank
+``g % dp_size`` and each rank batching its items in order. So the items of optimizer step ``k``
+(``A`` micro-batches of ``B`` on each of ``D`` ranks) are global items ``[k*B*A*D, (k+1)*B*A*D)``
+for every factorisation with the same ``B*A*D``: changing the data/tensor split or the micro-batch
+size at a fixed global batch changes the arithmetic, never the data.
 With ``num_workers = W > 0`` a torch ``DataLoader`` runs W copies of the stream; worker ``w`` builds
 only batches ``start + w + k*W`` (skipping the others without decoding them) and the DataLoader's
 in-order round-robin hands them back as ``start, start+1, ...``.
@@ -74,45 +81,58 @@ def text_specials(tokenizer: dict) -> text_mod.TextSpecials:
                                  sep_id=get("sep_id"))
 
 
+def _check_layout(spec: StreamSpec, order: EpochOrder) -> None:
+    if not 0 <= spec.dp_rank < spec.dp_size:
+        raise ValueError(f"dp_rank {spec.dp_rank} is not in [0, dp_size={spec.dp_size})")
+    if order.total < spec.dp_size:
+        raise ValueError(f"the split has {order.total} samples, fewer than the {spec.dp_size} data-parallel ranks")
+
+
 def _text_batches(spec: StreamSpec, source, start: dict, owns) -> Iterator[dict]:
     specials = text_specials(spec.tokenizer)
-    order = EpochOrder(source.counts(), spec.seed, spec.dp_rank, spec.dp_size, spec.train, spec.shuffle_buffer)
+    order = EpochOrder(source.counts(), spec.seed, spec.train, spec.shuffle_buffer)
+    _check_layout(spec, order)
     if spec.family == "gpt":
         window = spec.seq_len + 1
     else:
         window = text_mod.bert_window(spec.seq_len, specials)
         if specials.mask_id is None:
             raise ValueError("BERT masking needs a mask_id in the manifest tokenizer")
+    layout = text_mod.Layout(window, spec.batch_size, spec.dp_rank, spec.dp_size)
     pos = tuple(start.get("pos") or (0, 0, 0))
-    for b, windows, bpos in text_mod.packed_batches(source, order, specials, window, spec.batch_size, pos,
-                                                     owns, finite=not spec.train):
+    for b, windows, bpos, ids in text_mod.packed_batches(source, order, specials, layout, pos, owns,
+                                                         finite=not spec.train):
         if spec.family == "gpt":
             batch = text_mod.gpt_batch(windows)
-        else:  # eval masks with a fixed stream too, so eval metrics are comparable across steps
-            rng = np.random.default_rng([spec.seed, 303, spec.dp_rank, b, int(spec.train)])
-            batch = text_mod.bert_batch(windows, specials, spec.mlm_probability, rng)
+        else:  # one generator per global window: masks do not depend on the layout (eval's are fixed too)
+            rngs = [np.random.default_rng([spec.seed, 303, int(spec.train), w]) for w in ids]
+            batch = text_mod.bert_batch(windows, specials, spec.mlm_probability, rngs)
         batch["_batch"], batch["_pos"] = b, list(bpos)
         yield batch
 
 
 def _image_batches(spec: StreamSpec, source, start: dict, owns) -> Iterator[dict]:
-    order = EpochOrder(source.counts(), spec.seed, spec.dp_rank, spec.dp_size, spec.train, spec.shuffle_buffer)
-    per_epoch, bs = order.per_rank, spec.batch_size
+    """Rank ``r``'s ``q``-th sample is global sample ``G = q*D + r`` of the stream that runs on across
+    epochs (epoch ``G // N``, place ``G % N``), so train batches are layout-invariant like text's and no
+    sample is dropped at epoch ends; a finite pass takes epoch 0 cut to ``N // D`` samples per rank."""
+    order = EpochOrder(source.counts(), spec.seed, spec.train, spec.shuffle_buffer)
+    _check_layout(spec, order)
+    n, d, r, bs = order.total, spec.dp_size, spec.dp_rank, spec.batch_size
     b = start["batches"]
     while True:
         lo, hi = b * bs, (b + 1) * bs
         if not spec.train:
-            if lo >= per_epoch:
+            if lo >= n // d:
                 return
-            hi = min(hi, per_epoch)
+            hi = min(hi, n // d)
         if owns(b):
             arrays, labels = [], []
-            for g in range(lo, hi):
-                epoch, i = divmod(g, per_epoch)
+            for q in range(lo, hi):
+                epoch, i = divmod(q * d + r, n)
                 shard, index = (int(x) for x in order.refs(epoch)[i])
                 img, label = source.image(shard, index)
                 if spec.train:
-                    rng = np.random.default_rng([spec.seed, 404, epoch, spec.dp_rank, i])
+                    rng = np.random.default_rng([spec.seed, 404, epoch, i])
                     arrays.append(image_tf.train_transform(img, spec.image_size, rng, spec.crop_scale_min, spec.hflip))
                 else:
                     arrays.append(image_tf.eval_transform(img, spec.image_size))

@@ -1,15 +1,15 @@
-"""The order in which samples are read: per-epoch shard shuffle, a seeded shuffle buffer, DP split.
+"""The global order in which samples are read: per-epoch shard shuffle, then a seeded shuffle buffer.
 
-Everything here is a pure function of (shard sample counts, seed, epoch, dp_rank, dp_size), so every
-rank, every loader worker and every resumed process computes the same order without talking to
-anyone and without reading data. Orders are computed on *references* ``(shard, index)``.
+Everything here is a pure function of (shard sample counts, seed, epoch) -- not of the parallel
+layout -- so every rank, every loader worker and every resumed process computes the same order
+without talking to anyone and without reading data. Orders are computed on *references*
+``(shard, index)``.
 
-Splitting is per sample: the epoch's global order is dealt round-robin to the data-parallel ranks
-(reference ``j`` goes to rank ``j % dp_size``) and cut to ``N // dp_size`` so every rank has the
-same number of samples per epoch (at most ``dp_size - 1`` samples per epoch are left out). Ranks
-of one tensor-parallel group share a ``dp_rank`` and therefore an order. Workers inside a rank split
-*batches*, not samples (see ``loader.py``), which keeps the batch sequence independent of
-``num_workers``.
+The data-parallel split happens downstream of this one global order, on the unit each family
+batches (``loader.py``): ViT deals *samples* round-robin, text deals packed *windows* round-robin.
+Either way the items of global step ``k`` are the same for every ``dp_size`` x ``micro_batch_size``
+factorisation of the global batch. Workers inside a rank split *batches* (see ``loader.py``), which
+keeps the batch sequence independent of ``num_workers``.
 """
 
 from __future__ import annotations
@@ -55,28 +55,19 @@ def shuffle_buffer_order(n: int, size: int, rng: np.random.Generator) -> np.ndar
     return out
 
 
-def rank_refs(refs: np.ndarray, dp_rank: int, dp_size: int) -> np.ndarray:
-    """This rank's share: every ``dp_size``-th reference, cut to an equal length on every rank."""
-    per_rank = len(refs) // dp_size
-    return refs[dp_rank::dp_size][:per_rank]
-
-
 class EpochOrder:
-    """This rank's references per epoch, with a one-epoch cache (workers walk epochs in order)."""
+    """The global references of each epoch, with a two-epoch cache (streams walk epochs in order and a
+    batch may straddle one epoch boundary)."""
 
-    def __init__(self, counts: list[int], seed: int, dp_rank: int, dp_size: int, shuffle: bool, buffer: int):
-        if not 0 <= dp_rank < dp_size:
-            raise ValueError(f"dp_rank {dp_rank} is not in [0, dp_size={dp_size})")
-        total = sum(counts)
-        if total < dp_size:
-            raise ValueError(f"the split has {total} samples, fewer than the {dp_size} data-parallel ranks")
-        self.counts, self.seed, self.dp_rank, self.dp_size = counts, seed, dp_rank, dp_size
-        self.shuffle, self.buffer = shuffle, buffer
-        self.per_rank = total // dp_size
-        self._cached: tuple[int, np.ndarray] | None = None
+    def __init__(self, counts: list[int], seed: int, shuffle: bool, buffer: int):
+        self.counts, self.seed, self.shuffle, self.buffer = counts, seed, shuffle, buffer
+        self.total = sum(counts)
+        self._cache: dict[int, np.ndarray] = {}
 
     def refs(self, epoch: int) -> np.ndarray:
-        if self._cached is None or self._cached[0] != epoch:
-            g = global_refs(self.counts, self.seed, epoch if self.shuffle else 0, self.shuffle, self.buffer)
-            self._cached = (epoch, rank_refs(g, self.dp_rank, self.dp_size))
-        return self._cached[1]
+        key = epoch if self.shuffle else 0
+        if key not in self._cache:
+            if len(self._cache) >= 2:
+                del self._cache[min(self._cache)]
+            self._cache[key] = global_refs(self.counts, self.seed, key, self.shuffle, self.buffer)
+        return self._cache[key]

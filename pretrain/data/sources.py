@@ -3,7 +3,8 @@
 A *source* is a list of shard sample counts plus random access to sample ``(shard, index)``. The
 loaders decide the order (``order.py``) from the counts alone, so skipping ahead for a resume never
 decodes anything: a shard is opened, its tar headers are read once into an index (``TarIndex``,
-members ``<key>.<field>`` grouped by key in file order) and only the members a rank needs are read.
+members ``<key>.<field>`` grouped by key in file order) and only the members a rank needs are read;
+of ``tokens.npy`` only the byte ranges of the rank's own windows (``tokens_range``).
 Shards are consumed in order, so reads stay sequential within a shard apart from the shuffle
 buffer's local reordering; a small LRU keeps the indices of recently used shards.
 
@@ -62,6 +63,25 @@ class TarIndex:
         self._file.seek(offset)
         return self._file.read(size)
 
+    def npy_range(self, index: int, field: str, lo: int, hi: int) -> tuple[np.ndarray, int]:
+        """Elements ``[lo, hi)`` of the 1-D ``.npy`` member ``field`` and its full length, reading
+        only the array header and those elements' bytes (a rank reads just its windows' tokens)."""
+        try:
+            offset, size = self.samples[index][field]
+        except (IndexError, KeyError):
+            raise KeyError(f"{self.path}: sample {index} has no member .{field}") from None
+        self._file.seek(offset)
+        version = np.lib.format.read_magic(self._file)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+            np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(self._file)
+        if len(shape) != 1 or dtype.hasobject or not 0 <= lo <= hi <= shape[0]:
+            raise ValueError(f"{self.path}: sample {index} .{field} has shape {shape} (dtype {dtype}); "
+                             f"cannot read elements [{lo}, {hi})")
+        self._file.seek(self._file.tell() + lo * dtype.itemsize)
+        data = self._file.read((hi - lo) * dtype.itemsize)
+        return np.frombuffer(data, dtype=dtype).astype(np.int64), int(shape[0])
+
     def close(self) -> None:
         self._file.close()
 
@@ -109,6 +129,14 @@ class ShardSource:
     def tokens(self, shard: int, index: int) -> np.ndarray:
         return np.load(io.BytesIO(self.read(shard, index, "tokens.npy")), allow_pickle=False)
 
+    def tokens_range(self, shard: int, index: int, lo: int, hi: int, total: int) -> np.ndarray:
+        """Tokens ``[lo, hi)`` of a sample (int64), read without the rest; ``total`` is the length
+        its ``doc_lengths`` promise, checked against the array."""
+        toks, n = self._index(shard).npy_range(index, "tokens.npy", lo, hi)
+        if n != total:
+            raise ValueError(f"{self.shards[shard]}: sample {index} has {n} tokens but its doc_lengths sum to {total}")
+        return toks
+
     # image --------------------------------------------------------------------------------------
     def image(self, shard: int, index: int) -> tuple[Image.Image, int]:
         img = Image.open(io.BytesIO(self.read(shard, index, "jpg")))
@@ -155,6 +183,10 @@ class SyntheticText:
             prev = int(rand[i]) if (i == 0 or noise[i]) else int(self.successor[prev])
             out[i] = prev
         return out
+
+    def tokens_range(self, shard: int, index: int, lo: int, hi: int, total: int) -> np.ndarray:
+        """Tokens ``[lo, hi)`` of a sample (generated whole: a synthetic sample is one seeded draw)."""
+        return self.tokens(shard, index)[lo:hi]
 
 
 class SyntheticImage:

@@ -1,19 +1,28 @@
-"""Text batches: documents + EOS packed into fixed windows across document boundaries; GPT and BERT.
+"""Text batches: one global stream of packed windows per split, dealt round-robin to DP ranks.
 
-The token stream of one data-parallel rank is the concatenation, over epochs, of its samples'
-documents, each followed by ``eos_id``. The stream is cut into consecutive windows of ``L`` tokens
-(``L = seq_len + 1`` for GPT: inputs are ``w[:-1]``, labels ``w[1:]``; ``L = seq_len - 2`` for BERT,
-framed as ``[CLS] w [SEP]``); batch ``b`` is windows ``b*B .. b*B+B-1``. Nothing is dropped at
-epoch ends; a partial window only ever occurs at the end of a finite (eval) pass, where it is dropped.
+The *global* token stream is the concatenation, over epochs, of the documents of the globally
+ordered samples (``order.py``; independent of the parallel layout), each followed by ``eos_id``. It
+is cut into consecutive windows of ``L`` tokens (``L = seq_len + 1`` for GPT: inputs ``w[:-1]``,
+labels ``w[1:]``; ``L = seq_len - 2`` for BERT, framed as ``[CLS] w [SEP]``). Nothing is dropped at
+epoch ends: a window may hold the end of one epoch and the start of the next.
 
-Resume and worker sharding need no decoding of skipped samples: a sample's token count comes from
-its json ``doc_lengths`` alone, so a reader that does not own any batch a sample overlaps advances
-its cursor without reading ``tokens.npy``. Each emitted batch carries ``_pos = (epoch, i, offset)``,
-the sample holding the batch's first token and that sample's stream offset, which is a valid place
-to restart the scan from (``loader.py`` stores it in the state of the last consumed batch).
+Global window ``w`` goes to data-parallel rank ``w % D``; a rank's ``q``-th window is global window
+``q*D + r`` and its batch ``b`` holds its windows ``b*B .. b*B+B-1``. So an optimizer step of ``A``
+micro-batches on every rank covers global windows ``[k*B*A*D, (k+1)*B*A*D)`` -- the same set for any
+``D`` x ``B`` with the same product, which is what makes tensor 2 x data 2 equal tensor 1 x data 4.
+A finite (eval) pass uses epoch 0 only, cut to a multiple of ``D`` whole windows, so every rank gets
+the same number of batches (the last may be partial).
 
-BERT masking is dynamic (new per batch) yet deterministic: the generator is seeded by
-(seed, dp_rank, batch index), so a resumed run masks exactly as the uninterrupted run would.
+Each rank reads only the tokens of its own windows: a sample's token count comes from its json
+``doc_lengths`` alone, which places every window on the stream without decoding; the tokens of a
+sample's owned windows are then read as byte ranges of its ``tokens.npy``. The same skipping serves
+resume and worker sharding. Each emitted batch carries ``_pos = (epoch, i, offset)``, the sample
+holding the batch's first token and that sample's stream offset, a valid place to restart the scan
+(``loader.py`` stores it in the state of the last consumed batch), and the global ids of its windows.
+
+BERT masking is dynamic (new per window) yet deterministic: each window's generator is seeded by
+(seed, global window index); the index runs on across epochs, so it also names the epoch. Masks
+are therefore the same under any parallel layout and after a resume.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ import torch
 
 from pretrain.data.order import EpochOrder
 
-Pos = tuple[int, int, int]  # (epoch, index into the rank's refs, stream offset of that sample)
+Pos = tuple[int, int, int]  # (epoch, index into the epoch's global refs, stream offset of that sample)
 
 
 @dataclass
@@ -39,71 +48,115 @@ class TextSpecials:
     sep_id: int | None = None
 
 
-def with_eos(tokens: np.ndarray, doc_lengths: list[int], eos_id: int) -> np.ndarray:
-    """Tokens with ``eos_id`` inserted after every document (int64)."""
-    if sum(doc_lengths) != len(tokens):
-        raise ValueError(f"doc_lengths sum to {sum(doc_lengths)} but the sample has {len(tokens)} tokens")
-    return np.insert(tokens.astype(np.int64), np.cumsum(doc_lengths), eos_id)
+@dataclass
+class Layout:
+    """How the global window stream is cut and dealt: window length, micro-batch size, DP place."""
+
+    window: int
+    batch: int
+    dp_rank: int = 0
+    dp_size: int = 1
+
+    def owned(self, s: int, e: int, owns: Callable[[int], bool], limit: int | None) -> list[int]:
+        """Global windows overlapping stream range ``[s, e)`` that this rank owns, in batches ``owns``
+        accepts, below ``limit`` (finite passes)."""
+        lo, hi = s // self.window, (e - 1) // self.window
+        if limit is not None:
+            hi = min(hi, limit - 1)
+        d, r = self.dp_size, self.dp_rank
+        first = lo + (r - lo) % d
+        return [w for w in range(first, hi + 1, d) if owns(self.batch_of(w))]
+
+    def batch_of(self, w: int) -> int:
+        return (w // self.dp_size) // self.batch
 
 
-def packed_batches(source, order: EpochOrder, specials: TextSpecials, window: int, batch: int,
-                   start: Pos, owns: Callable[[int], bool], finite: bool) -> Iterator[tuple[int, np.ndarray, Pos]]:
-    """Yield ``(b, windows[B, window], pos)`` for every batch ``b`` with ``owns(b)``, in order.
+def stream_len(doc_lengths: list[int]) -> int:
+    """Tokens a sample adds to the stream: its documents plus one EOS each."""
+    return sum(doc_lengths) + len(doc_lengths)
 
-    Starts scanning at ``start`` (a ``_pos`` of an earlier batch, or (0, 0, 0)). ``finite`` stops
-    after epoch 0 and yields the last partial batch (whole windows only) if it has any rows.
+
+def stream_slice(source, shard: int, index: int, doc_lengths: list[int], a: int, b: int,
+                 eos_id: int) -> np.ndarray:
+    """Positions ``[a, b)`` of a sample's stream (documents + EOS after each) as int64, reading
+    only the tokens that fall inside."""
+    eos_at = np.cumsum(np.asarray(doc_lengths, dtype=np.int64) + 1) - 1  # stream positions of the EOS
+    before_a, before_b = int(np.searchsorted(eos_at, a)), int(np.searchsorted(eos_at, b))
+    toks = source.tokens_range(shard, index, a - before_a, b - before_b, sum(doc_lengths))
+    out = np.full(b - a, eos_id, dtype=np.int64)
+    is_tok = np.ones(b - a, dtype=bool)
+    is_tok[eos_at[before_a:before_b] - a] = False
+    out[is_tok] = toks
+    return out
+
+
+def _runs(pieces: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
+    """Merge touching ``(lo, hi, w)`` pieces into contiguous read ranges."""
+    runs: list[tuple[int, int]] = []
+    for lo, hi, _ in pieces:
+        if runs and runs[-1][1] == lo:
+            runs[-1] = (runs[-1][0], hi)
+        else:
+            runs.append((lo, hi))
+    return runs
+
+
+def finite_limit(source, order: EpochOrder, layout: Layout) -> int:
+    """Global windows a finite pass uses: the whole windows of epoch 0, cut to a multiple of D."""
+    total = sum(stream_len(source.doc_lengths(int(s), int(i))) for s, i in order.refs(0))
+    n = total // layout.window
+    return n - n % layout.dp_size
+
+
+def packed_batches(source, order: EpochOrder, specials: TextSpecials, layout: Layout, start: Pos,
+                   owns: Callable[[int], bool], finite: bool) -> Iterator[tuple[int, np.ndarray, Pos, list[int]]]:
+    """Yield ``(b, windows[B, L], pos, global window ids)`` for every batch ``b`` with ``owns(b)``, in order.
+
+    Starts scanning at ``start`` (a ``_pos`` of an earlier batch, or (0, 0, 0)). ``finite`` reads
+    epoch 0 only and yields the last partial batch if it has rows.
     """
     epoch, i, cursor = start
-    buf, buf_start = np.zeros(0, dtype=np.int64), cursor
-    segs: list[Pos] = []  # samples contributing to buf, to name the start of each batch
+    L = layout.window
+    limit = finite_limit(source, order, layout) if finite else None
+    pending: dict[int, tuple[np.ndarray, Pos]] = {}  # owned windows still being filled, with their start
     rows: list[np.ndarray] = []
+    ids: list[int] = []
     rows_batch, rows_pos = -1, start
     while True:
         refs = order.refs(epoch)
-        while i < len(refs):
+        while i < len(refs) and (limit is None or cursor < limit * L):
             shard, index = int(refs[i, 0]), int(refs[i, 1])
             lengths = source.doc_lengths(shard, index)
-            n = sum(lengths) + len(lengths)
-            s, e = cursor, cursor + n
-            cursor = e
+            s = cursor
+            e = cursor = s + stream_len(lengths)
             pos = (epoch, i, s)
             i += 1
-            if n == 0 or not any(owns(b) for b in range(s // window // batch, (e - 1) // window // batch + 1)):
+            mine = layout.owned(s, e, owns, limit) if e > s else []
+            if not mine:
                 continue
-            toks = with_eos(source.tokens(shard, index), lengths, specials.eos_id)
-            if buf_start + len(buf) != s:  # skipped samples in between: restart the buffer here
-                buf, buf_start, segs = toks, s, []
-            else:
-                buf = np.concatenate([buf, toks])
-            segs.append(pos)
-            w = -(-buf_start // window)  # first whole window inside the buffer
-            while (w + 1) * window <= buf_start + len(buf):
-                b = w // batch
-                if owns(b):
-                    if b != rows_batch:
-                        rows, rows_batch = [], b
-                        rows_pos = max((p for p in segs if p[2] <= w * window), key=lambda p: p[2])
-                    lo = w * window - buf_start
-                    rows.append(buf[lo:lo + window])
-                    if len(rows) == batch:
-                        yield b, np.stack(rows), rows_pos
-                        rows = []
-                w += 1
-            keep_from = w * window - buf_start
-            buf, buf_start = buf[keep_from:], w * window
-            segs = _trim_segments(segs, buf_start)
+            pieces = [(max(s, w * L), min(e, (w + 1) * L), w) for w in mine]
+            got = {lo: stream_slice(source, shard, index, lengths, lo - s, hi - s, specials.eos_id)
+                   for lo, hi in _runs(pieces)}
+            for lo, hi, w in pieces:
+                run = max(k for k in got if k <= lo)
+                buf, wpos = pending.pop(w, None) or (np.empty(L, dtype=np.int64), pos)
+                buf[lo - w * L:hi - w * L] = got[run][lo - run:hi - run]
+                if hi < (w + 1) * L:
+                    pending[w] = (buf, wpos)
+                    continue
+                b = layout.batch_of(w)
+                if b != rows_batch:
+                    rows, ids, rows_batch, rows_pos = [], [], b, wpos
+                rows.append(buf)
+                ids.append(w)
+                if len(rows) == layout.batch:
+                    yield b, np.stack(rows), rows_pos, ids
+                    rows, ids = [], []
         if finite:
-            if rows and rows_batch >= 0 and owns(rows_batch):
-                yield rows_batch, np.stack(rows), rows_pos
+            if rows:
+                yield rows_batch, np.stack(rows), rows_pos, ids
             return
         epoch, i = epoch + 1, 0
-
-
-def _trim_segments(segs: list[Pos], buf_start: int) -> list[Pos]:
-    """Drop samples that end before the buffer start, keeping the one that holds ``buf_start``."""
-    keep = [p for p in segs if p[2] > buf_start]
-    before = [p for p in segs if p[2] <= buf_start]
-    return ([before[-1]] if before else []) + keep
 
 
 def gpt_batch(windows: np.ndarray) -> dict[str, torch.Tensor]:
@@ -120,10 +173,16 @@ def bert_frame(windows: np.ndarray, specials: TextSpecials) -> np.ndarray:
     return np.concatenate([np.full((b, 1), specials.cls_id), windows, np.full((b, 1), specials.sep_id)], axis=1)
 
 
+def replacement_pool(specials: TextSpecials) -> np.ndarray:
+    """The ids BERT's random replacement draws from: every non-special id."""
+    return np.setdiff1d(np.arange(specials.vocab_size), np.asarray(specials.special_ids))
+
+
 def mask_tokens(ids: np.ndarray, rng: np.random.Generator, specials: TextSpecials,
-                probability: float) -> tuple[np.ndarray, np.ndarray]:
+                probability: float, pool: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """BERT masking: choose ``probability`` of the non-special tokens; of those 80% -> ``mask_id``,
-    10% -> a random non-special token, 10% unchanged. Labels hold the original id there, else -100."""
+    10% -> a random non-special token (from ``pool``, default ``replacement_pool``), 10% unchanged.
+    Labels hold the original id there, else -100."""
     ids = ids.astype(np.int64, copy=True)
     eligible = ~np.isin(ids, np.asarray(specials.special_ids))
     chosen = (rng.random(ids.shape) < probability) & eligible
@@ -131,16 +190,21 @@ def mask_tokens(ids: np.ndarray, rng: np.random.Generator, specials: TextSpecial
     r = rng.random(ids.shape)
     ids[chosen & (r < 0.8)] = specials.mask_id
     to_random = chosen & (r >= 0.8) & (r < 0.9)
-    pool = np.setdiff1d(np.arange(specials.vocab_size), np.asarray(specials.special_ids))
+    pool = replacement_pool(specials) if pool is None else pool
     ids[to_random] = pool[rng.integers(0, len(pool), int(to_random.sum()))]
     return ids, labels
 
 
 def bert_batch(windows: np.ndarray, specials: TextSpecials, probability: float,
-               rng: np.random.Generator) -> dict[str, torch.Tensor]:
-    """Framed, masked ``[B, T]`` batch; packed windows have no padding, so attention_mask is all 1."""
+               rngs: list[np.random.Generator]) -> dict[str, torch.Tensor]:
+    """Framed, masked ``[B, T]`` batch, row ``j`` masked with ``rngs[j]`` (one generator per window, so
+    a window's mask does not depend on which batch it lands in); packed windows have no padding, so
+    attention_mask is all 1."""
     framed = bert_frame(windows, specials)
-    ids, labels = mask_tokens(framed, rng, specials, probability)
+    pool = replacement_pool(specials)
+    masked = [mask_tokens(row, rng, specials, probability, pool) for row, rng in zip(framed, rngs)]
+    ids = np.stack([m[0] for m in masked])
+    labels = np.stack([m[1] for m in masked])
     return {
         "input_ids": torch.from_numpy(ids),
         "attention_mask": torch.ones(ids.shape, dtype=torch.int64),

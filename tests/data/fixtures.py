@@ -55,8 +55,18 @@ def colour_of(i: int) -> tuple[int, int, int]:
     return (20 + (i * 37) % 200, 20 + (i * 71) % 200, 20 + (i * 113) % 200)
 
 
-def make_image_shards(root: Path, shards: dict[str, list[int]], size: tuple[int, int] = (40, 30)) -> None:
-    """Image shards where sample id ``i`` (global within its split) has class ``i`` and a solid colour."""
+def textured(i: int, size: tuple[int, int]) -> Image.Image:
+    """Sample ``i``'s colour plus gradients, so that different crops and flips give different pixels."""
+    w, h = size
+    base = np.asarray(colour_of(i), dtype=np.int64)
+    grid = np.add.outer(np.arange(h) * 5, np.arange(w) * 3)[:, :, None] * np.array([1, -1, 2])
+    return Image.fromarray(np.clip(base + grid % 60, 0, 255).astype(np.uint8))
+
+
+def make_image_shards(root: Path, shards: dict[str, list[int]], size: tuple[int, int] = (40, 30),
+                      texture: bool = False) -> None:
+    """Image shards where sample id ``i`` (global within its split) has class ``i`` and a solid colour
+    (``texture``: plus gradients, see ``textured``)."""
     splits, n_classes = {}, max(sum(c) for c in shards.values())
     for split, counts in shards.items():
         infos, i = [], 0
@@ -64,7 +74,8 @@ def make_image_shards(root: Path, shards: dict[str, list[int]], size: tuple[int,
             samples = []
             for _ in range(n):
                 buf = io.BytesIO()
-                Image.new("RGB", size, colour_of(i)).save(buf, format="JPEG", quality=95)
+                img = textured(i, size) if texture else Image.new("RGB", size, colour_of(i))
+                img.save(buf, format="JPEG", quality=95)
                 meta = {"wnid": f"n{i:08d}", "source": "x", "width": size[0], "height": size[1]}
                 samples.append((f"i{i:07d}", {"jpg": buf.getvalue(), "cls": str(i).encode(),
                                               "json": json.dumps(meta).encode()}))

@@ -17,9 +17,9 @@ class CountingText(SyntheticText):
         super().__init__(*a)
         self.decoded: list[int] = []
 
-    def tokens(self, shard, index):
+    def tokens_range(self, shard, index, lo, hi, total):
         self.decoded.append(index)
-        return super().tokens(shard, index)
+        return super().tokens_range(shard, index, lo, hi, total)
 
 
 class CountingImage(SyntheticImage):

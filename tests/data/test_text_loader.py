@@ -37,11 +37,19 @@ def stream_of(samples) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def rank_stream(content, cfg, dp_rank, dp_size, epochs) -> np.ndarray:
+def global_stream(content, cfg, epochs) -> np.ndarray:
+    """The layout-independent token stream: globally ordered samples of ``epochs`` epochs."""
     counts = [len(s) for s in content["train"]]
-    order = EpochOrder(counts, cfg.train.seed, dp_rank, dp_size, True, cfg.data.shuffle_buffer)
+    order = EpochOrder(counts, cfg.train.seed, True, cfg.data.shuffle_buffer)
     samples = [content["train"][s][i] for e in range(epochs) for s, i in order.refs(e)]
     return stream_of(samples)
+
+
+def rank_windows(content, cfg, dp_rank, dp_size, epochs, window) -> np.ndarray:
+    """Rank ``dp_rank``'s windows: global windows ``dp_rank, dp_rank + dp_size, ...``."""
+    stream = global_stream(content, cfg, epochs)
+    n = len(stream) // window
+    return stream[: n * window].reshape(n, window)[dp_rank::dp_size]
 
 
 def gpt_windows(batches) -> np.ndarray:
@@ -71,9 +79,9 @@ def test_train_packing_crosses_documents_and_epochs(shards):
     root, content = shards
     cfg = cfg_for(root, seq_len=16, batch=2)
     loader = build_loader(cfg, "train", 0, 1, train=True)
-    expected = rank_stream(content, cfg, 0, 1, epochs=3)
+    expected = global_stream(content, cfg, epochs=3)
     n_batches = len(expected) // (17 * 2) - 1  # well past the end of epoch 0
-    assert n_batches * 34 > len(rank_stream(content, cfg, 0, 1, epochs=1))
+    assert n_batches * 34 > len(global_stream(content, cfg, epochs=1))
     windows = gpt_windows([next(loader) for _ in range(n_batches)])
     assert np.array_equal(windows.reshape(-1), expected[: n_batches * 34])
 
@@ -81,26 +89,30 @@ def test_train_packing_crosses_documents_and_epochs(shards):
 def test_epochs_are_reshuffled(shards):
     root, content = shards
     cfg = cfg_for(root)
-    order = EpochOrder([len(s) for s in content["train"]], cfg.train.seed, 0, 1, True, 4)
+    order = EpochOrder([len(s) for s in content["train"]], cfg.train.seed, True, 4)
     e0, e1 = order.refs(0), order.refs(1)
     assert sorted(map(tuple, e0)) == sorted(map(tuple, e1)) and not np.array_equal(e0, e1)
 
 
-def test_dp_ranks_disjoint_and_cover_the_epoch(shards):
+def test_dp_ranks_take_global_windows_round_robin(shards):
     root, content = shards
-    counts = [len(s) for s in content["train"]]
-    total = sum(counts)
-    for dp in (2, 3, 4):
-        parts = [set(map(tuple, EpochOrder(counts, 7, r, dp, True, 4).refs(0))) for r in range(dp)]
-        assert all(len(p) == total // dp for p in parts)
-        union = set().union(*parts)
-        assert len(union) == sum(len(p) for p in parts) == total - total % dp  # disjoint, all but the remainder
-    # and each rank's loader yields exactly its own share of the stream
     cfg = cfg_for(root)
-    for r in range(2):
-        loader = build_loader(cfg, "train", r, 2, train=True)
-        got = gpt_windows([next(loader) for _ in range(4)]).reshape(-1)
-        assert np.array_equal(got, rank_stream(content, cfg, r, 2, epochs=2)[: len(got)])
+    for dp in (2, 3):
+        for r in range(dp):  # across the epoch boundary: 6 batches of 2 x 17 tokens per rank
+            loader = build_loader(cfg, "train", r, dp, train=True)
+            got = gpt_windows([next(loader) for _ in range(6)])
+            assert np.array_equal(got, rank_windows(content, cfg, r, dp, epochs=3, window=17)[:12])
+
+
+def test_eval_pass_splits_whole_windows_equally(shards):
+    root, content = shards
+    cfg = cfg_for(root, batch=3)
+    expected = stream_of([s for shard in content["val"] for s in shard])
+    n = len(expected) // 17
+    windows = expected[: n * 17].reshape(n, 17)
+    got = [gpt_windows(list(build_loader(cfg, "val", r, 4, train=False))) for r in range(4)]
+    for r in range(4):  # n - n % 4 windows, dealt round-robin: equal counts per rank
+        assert np.array_equal(got[r], windows[: n - n % 4][r::4])
 
 
 def test_same_dp_rank_gives_identical_batches(shards):
@@ -123,7 +135,7 @@ def test_bert_masking_rate_and_specials(shards):
     assert (ids[:, 0] == TOKENIZER["cls_id"]).all() and (ids[:, -1] == TOKENIZER["sep_id"]).all()
     original = np.where(labels != -100, labels, ids)
     # rows are [CLS] + 16 stream tokens + [SEP], in stream order
-    expected = rank_stream(content, cfg, 0, 1, epochs=40)[: ids.shape[0] * 16].reshape(-1, 16)
+    expected = global_stream(content, cfg, epochs=40)[: ids.shape[0] * 16].reshape(-1, 16)
     assert np.array_equal(original[:, 1:-1], expected)
     masked = labels != -100
     special = np.isin(original, list(SPECIALS))
