@@ -97,6 +97,10 @@ class Runner:
                     os.kill(os.getpid(), signal.SIGKILL)  # fault injection for the resume tests
         return self.ray.get(refs)
 
+    def _log(self, message: str) -> None:
+        if self.progress:
+            print(message, file=sys.stderr, flush=True)
+
     def _remote(self, fn):
         return self.ray.remote(num_cpus=1, max_retries=2)(fn)
 
@@ -163,36 +167,37 @@ class Runner:
         return model
 
     def _tokenizer_sample(self, drops) -> list[str]:
+        """Surviving documents in the order of a seeded hash of their id, up to the character
+        budget; only the chosen texts are read."""
         order = []
         for k in self.keys:
-            t = pq.read_table(self.work / "stage1" / f"{k}.kept.parquet", columns=["id"])
-            order += [(xxhash.xxh64_intdigest(i.encode(), self.opts.seed), k, r)
-                      for r, i in enumerate(t.column("id").to_pylist()) if r not in drops[k]]
+            t = pq.read_table(self.work / "stage1" / f"{k}.kept.parquet", columns=["id", "chars"]).to_pydict()
+            order += [(xxhash.xxh64_intdigest(i.encode(), self.opts.seed), k, r, n)
+                      for r, (i, n) in enumerate(zip(t["id"], t["chars"])) if r not in drops[k]]
         order.sort()
-        texts, budget = [], self.opts.tokenizer_sample_chars
-        by_key: dict[str, list[int]] = {}
-        for _, k, r in order:
-            by_key.setdefault(k, []).append(r)
-        chosen = {k: dict(zip(rows, pq.read_table(self.work / "stage1" / f"{k}.kept.parquet",
-                                                  columns=["text"]).take(rows).column("text").to_pylist()))
-                  for k, rows in by_key.items()}
-        for _, k, r in order:
+        chosen, budget = [], self.opts.tokenizer_sample_chars
+        for _, k, r, n in order:
             if budget <= 0:
                 break
-            text = chosen[k][r]
-            texts.append(text[:budget])
-            budget -= len(text)
-        return texts
+            chosen.append((k, r, budget))
+            budget -= n
+        rows: dict[str, list[int]] = {}
+        for k, r, _ in chosen:
+            rows.setdefault(k, []).append(r)
+        texts = {(k, r): text for k, rs in rows.items() for r, text in zip(rs, pq.read_table(
+            self.work / "stage1" / f"{k}.kept.parquet", columns=["text"]).take(rs).column("text").to_pylist())}
+        return [texts[k, r][:limit] for k, r, limit in chosen]
 
     def tokenize(self, drops, model: bytes, dtype: str) -> Path:
         prefix = self.out / "_work" / f"tokens-{fingerprint(self.fp_all, sha256_file_bytes(model))}"
         prefix.mkdir(parents=True, exist_ok=True)
         task = self._remote(packing.tokenize_file)
+        model_ref = self.ray.put(model)
         refs = []
         for k in self.keys:
             if not (prefix / f"{k}.json").is_file():
                 rows = [r for r in range(self._kept_rows(k)) if r not in drops[k]]
-                refs.append(task.remote(str(self.work / "stage1" / f"{k}.kept.parquet"), rows, model, dtype,
+                refs.append(task.remote(str(self.work / "stage1" / f"{k}.kept.parquet"), rows, model_ref, dtype,
                                         self.opts.val_fraction, str(prefix / k)))
         self._wait(refs, "tokenize")
         return prefix
@@ -266,10 +271,15 @@ def run_pipeline(inputs: list[InputFile], out_dir: str | Path, opts: TextOptions
     with ray_session(ray_address, num_cpus) as ray:
         runner.ray = ray
         files = runner.stage1()
+        runner._log(f"read+filter: {sum(f['documents'] for f in files)} documents, "
+                    f"{sum(f['kept_stage1'] for f in files)} kept, {sum(1 for f in files if f['error'])} files with errors")
         drops = runner.dedup()
+        runner._log(f"dedup: {sum(map(len, drops.values()))} duplicates dropped")
         runner.write_rejected(drops)
         model = runner.tokenizer(drops)
         info = tokenizer_info(model)
+        runner._log(f"tokenizer ({'given' if opts.tokenizer else 'trained'}): {info['model_type']}, "
+                    f"vocab {info['vocab_size']}")
         dtype = token_dtype(info["vocab_size"])
         prefix = runner.tokenize(drops, model, dtype)
         shards = runner.shards(prefix, dtype)

@@ -26,7 +26,8 @@ from data_pipeline.text.reader import ReadStats, iter_documents
 
 KEPT_SCHEMA = pa.schema([("id", pa.string()), ("url", pa.string()), ("source", pa.string()), ("offset", pa.int64()),
                          ("lang", pa.string()), ("lang_score", pa.float64()), ("scores", pa.string()),
-                         ("text", pa.large_string()), ("hash", pa.uint64()), ("minhash", pa.binary())])
+                         ("text", pa.large_string()), ("chars", pa.int64()), ("hash", pa.uint64()),
+                         ("minhash", pa.binary())])
 REJECTED_SCHEMA = pa.schema([("id", pa.string()), ("url", pa.string()), ("source", pa.string()),
                              ("offset", pa.int64()), ("stage", pa.string()), ("reason", pa.string()),
                              ("detail", pa.string())])
@@ -89,7 +90,7 @@ def process_file(path: str, source: str, key: str, opts: TextOptions, out_dir: P
         norm = dedup.normalise(text)
         lang, lang_score = scores.pop("lang"), scores.pop("lang_score")
         row = (doc_id, raw.url, source, raw.offset, lang, lang_score, json.dumps(scores, sort_keys=True), text,
-               dedup.exact_hash(norm), doc_filter.minhasher.signature(norm).tobytes())
+               len(text), dedup.exact_hash(norm), doc_filter.minhasher.signature(norm).tobytes())
         for col, val in zip(KEPT_SCHEMA.names, row):
             kept[col].append(val)
     _write_table(out_dir / f"{key}.kept.parquet", kept, KEPT_SCHEMA)
