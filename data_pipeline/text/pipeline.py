@@ -264,8 +264,10 @@ def run_pipeline(inputs: list[InputFile], out_dir: str | Path, opts: TextOptions
     manifest_path = runner.out / "manifest.json"
     if manifest_path.is_file():
         old = json.loads(manifest_path.read_text())
-        if old.get("pipeline", {}).get("fingerprint") == runner.fp_all:
-            return old
+        shards = [s["path"] for split in old.get("splits", {}).values() for s in split.get("shards", [])]
+        if old.get("pipeline", {}).get("fingerprint") == runner.fp_all and all(
+                (runner.out / p).is_file() for p in shards):
+            return old  # already complete
     remove_stale_temps(runner.out)
     _claim_output(runner.out, runner.fp_all)
     with ray_session(ray_address, num_cpus) as ray:
@@ -283,14 +285,14 @@ def run_pipeline(inputs: list[InputFile], out_dir: str | Path, opts: TextOptions
         dtype = token_dtype(info["vocab_size"])
         prefix = runner.tokenize(drops, model, dtype)
         shards = runner.shards(prefix, dtype)
-    manifest = _manifest(runner, files, drops, model, info, dtype, shards)
+    manifest = _manifest(runner, files, drops, info, dtype, shards)
     write_json_atomic(manifest_path, manifest)
     if not keep_work:
         shutil.rmtree(runner.out / "_work", ignore_errors=True)
     return manifest
 
 
-def _manifest(runner: Runner, files, drops, model, info, dtype, shards) -> dict:
+def _manifest(runner: Runner, files, drops, info, dtype, shards) -> dict:
     splits, tar_bytes, payload, tokens = {}, 0, 0, 0
     for split, entries in shards.items():
         splits[split] = {k: sum(e[k] for e in entries) for k in ("samples", "documents", "tokens", "bytes")}
