@@ -8,6 +8,7 @@ whole job down, and SIGTERM/SIGUSR1 reach every rank.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -19,7 +20,8 @@ def add_arguments(p) -> None:
     p.add_argument("config", help="YAML config, or 'default' for the built-in debug GPT")
     p.add_argument("overrides", nargs="*", metavar="key.path=value", help="overrides, YAML-typed")
     p.add_argument("--nproc", type=int, default=None,
-                   help="start this many local ranks with torchrun (default: 1, or the launcher's world)")
+                   help="start and supervise this many local ranks (default: 1, or the launcher's world)")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed
 
 
 def _under_launcher() -> bool:
@@ -64,8 +66,6 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
     p = argparse.ArgumentParser(prog="pretrain train")
     add_arguments(p)
     return run(p.parse_args(argv))

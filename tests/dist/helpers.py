@@ -10,11 +10,22 @@ import sys
 import time
 from pathlib import Path
 
+from launch.local import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 
 
-def train_cmd(config: str, overrides: list[str], nproc: int = 1) -> list[str]:
-    cmd = [sys.executable, "-m", "launch.cli", "train", str(REPO / config), *overrides]
+def train_cmd(config: str, overrides: list[str], nproc: int = 1, launcher: str = "local") -> list[str]:
+    """``local``: ``pretrain train --nproc N``; ``torchrun`` and ``deepspeed``: those launchers
+    starting ``launch.train_cli`` in every rank, as users run them on clusters."""
+    args = [str(REPO / config), *overrides]
+    if launcher == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
+                f"--master-port={free_port()}", "-m", "launch.train_cli", *args]
+    if launcher == "deepspeed":
+        ds = Path(sys.executable).with_name("deepspeed")
+        return [str(ds), f"--num_gpus={nproc}", f"--master_port={free_port()}", "--module", "launch.train_cli", *args]
+    cmd = [sys.executable, "-m", "launch.cli", "train", *args]
     if nproc > 1:
         cmd += ["--nproc", str(nproc)]
     return cmd
@@ -29,8 +40,8 @@ def env(extra: dict | None = None) -> dict:
 
 
 def run_train(config: str, overrides: list[str], nproc: int = 1, timeout: float = 300, extra_env=None,
-              check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run(train_cmd(config, overrides, nproc), cwd=cwd or REPO, env=env(extra_env),
+              check: bool = True, cwd: Path | None = None, launcher: str = "local") -> subprocess.CompletedProcess:
+    proc = subprocess.run(train_cmd(config, overrides, nproc, launcher), cwd=cwd or REPO, env=env(extra_env),
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"train failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
