@@ -203,8 +203,10 @@ class _RankWeights:
             raise CheckpointError(f"{self.tag_dir}: ZeRO 3 partitions hold {avail} elements per rank, shapes need {offset}")
 
     def keys(self) -> list[str]:
+        """Stored tensors (tied aliases excluded: DeepSpeed lists them in ``shared_params`` on some
+        tensor ranks only, so they are added from the model config, see ``_with_tied``)."""
         names = [n for g in self.groups for n in g]
-        return names + [k for k in self.shared if k not in names] + [k for k in self.buffers if k not in names]
+        return names + [k for k in self.buffers if k not in names]
 
     def shape(self, key: str) -> torch.Size:
         key = self.shared.get(key, key)
