@@ -12,6 +12,14 @@ Batches: GPT ``{"input_ids", "labels"}`` ``[B, T]`` int64 (labels = next token);
 ``"attention_mask"`` and ``"token_type_ids"`` (labels -100 where not masked; rows are
 ``[CLS] ... [SEP]`` when the tokenizer has both ids); ViT ``{"pixel_values": [B, 3, S, S] float32,
 "labels": [B] int64}``. ``B`` is ``train.micro_batch_size``.
+
+Data-parallel split: each split is ONE global stream (text: packed windows; ViT: samples) that runs
+on across epochs, independent of the layout; item ``g`` goes to DP rank ``g % dp_size`` and each
+rank batches its items in order. With the same seed and the same global batch
+(micro x grad-accum x dp), optimizer step ``k`` therefore sees the same items -- BERT masks and ViT
+augmentations included, as they are seeded by the global index -- for every dp size and
+micro-batch size. Eval passes cover epoch 0 cut to a multiple of ``dp_size`` items, so every rank
+gets the same number of batches.
 """
 
 from __future__ import annotations
