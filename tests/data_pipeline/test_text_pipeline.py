@@ -208,37 +208,33 @@ def _run_cli(out: Path, folder: Path, env_extra: dict | None = None) -> subproce
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
-def test_sigkill_during_reading_then_one_worker_rerun_is_identical_to_two_workers(reference, sources_in_place,
-                                                                                  tmp_path):
-    """The CLI with --num-cpus 1 is killed once the first input file is done, then rerun: the
-    result equals the uninterrupted 2-worker reference byte for byte."""
+def test_killed_while_reading_then_after_a_shard_then_finished_is_identical(reference, sources_in_place, tmp_path):
+    """1-worker CLI runs into one directory: SIGKILLed from outside once the first input file is
+    done; rerun and SIGKILLed after its first shard; rerun to the end. The result equals the
+    uninterrupted 2-worker reference byte for byte, and finished work was not redone."""
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(_cli_command(out, "--keep-work"), cwd=sources_in_place, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(_cli_command(out), cwd=sources_in_place, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240
     while not list(out.glob("_work/*/stage1/*.json")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     _reap(proc)
-    finished = list(out.glob("_work/*/stage1/*.json"))
-    assert 1 <= len(finished) < 3 and not (out / "manifest.json").exists()
-    result = _run_cli(out, sources_in_place, {"PRETRAIN_TEXT_KILL_AFTER": ""})
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "dedup" in result.stdout and "tar overhead" in result.stdout  # the summary table
-    _same_as_reference(out, reference)
+    finished = {p: p.stat().st_mtime_ns for p in out.glob("_work/*/stage1/*.json")}
+    assert 1 <= len(finished) < 3 and not list(out.glob("*/*.tar")) and not (out / "manifest.json").exists()
 
-
-def test_sigkill_after_first_shard_then_rerun_is_identical(reference, sources_in_place, tmp_path):
-    out = tmp_path / "killed"
     killed = _run_cli(out, sources_in_place, {"PRETRAIN_TEXT_KILL_AFTER": "shards train:1"})
     assert killed.returncode == -signal.SIGKILL
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished  # finished files were not read again
     written = {p: p.stat().st_mtime_ns for p in out.glob("train/*.tar")}
     assert 1 <= len(written) < len(reference[1]["splits"]["train"]["shards"])
     assert not (out / "manifest.json").exists()
-    result = _run_cli(out, sources_in_place)
+
+    result = _run_cli(out, sources_in_place, {"PRETRAIN_TEXT_KILL_AFTER": ""})
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "dedup" in result.stdout and "tar overhead" in result.stdout  # the summary table
     assert {p: p.stat().st_mtime_ns for p in written} == written  # finished shards were not written again
     _same_as_reference(out, reference)
 
