@@ -133,9 +133,6 @@ def _build_model(cfg: Config, mpu) -> nn.Module:
     from pretrain.parallel import build_parallel_model
 
     model = build_parallel_model(cfg.model, mpu, device=D.device(), seed=cfg.train.seed)
-    for p in model.parameters():  # DeepSpeed counts these once per tensor rank in the grad norm
-        if getattr(p, "tp_shard", None) is not None:
-            p.tensor_model_parallel = True
     if cfg.parallel.activation_checkpointing:
         model.set_activation_checkpointing(True)
     return model
@@ -143,10 +140,10 @@ def _build_model(cfg: Config, mpu) -> nn.Module:
 
 def _load_init_weights(model: nn.Module, cfg: Config, mpu) -> None:
     """``checkpoint.init_from``: weights only, from an import-hf directory or a checkpoint."""
-    from pretrain.models.loading import load_full_state_dict
+    from pretrain.consolidate import load_init_weights
     from pretrain.parallel import shard_state_dict
 
-    full = load_full_state_dict(cfg.checkpoint.init_from, cfg.model)
+    full = load_init_weights(cfg.checkpoint.init_from, cfg.model)
     local = shard_state_dict(full, cfg.model, mpu.get_model_parallel_rank(), mpu.get_model_parallel_world_size())
     missing, unexpected = model.load_state_dict(local, strict=False)
     if missing or unexpected:
