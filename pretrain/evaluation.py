@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from pretrain import distributed as D
 from pretrain.config import Config
 
 
@@ -35,16 +36,31 @@ def _sums(model, batch: dict, family: str) -> dict[str, float]:
     return out
 
 
+def _no_val_reason(cfg: Config, dp_size: int) -> str | None:
+    """Why there is nothing to evaluate on, or None."""
+    if cfg.data.source != "shards":
+        return None
+    from pretrain.data.sources import read_manifest
+
+    samples = read_manifest(cfg.data.path).get("splits", {}).get("val", {}).get("samples", 0)
+    if samples < dp_size:
+        return f"the val split of {cfg.data.path} has {samples} samples, fewer than {dp_size} data-parallel ranks"
+    return None
+
+
 @torch.no_grad()
 def evaluate(setup, cfg: Config) -> dict[str, float]:
     """Mean metrics over up to ``train.eval_steps`` batches of the val split (empty when none)."""
     from pretrain.data import build_loader
     from pretrain.trainer import _to_device
 
-    try:
-        loader = build_loader(cfg, "val", setup.dp_rank, setup.dp_size, train=False)
-    except (KeyError, FileNotFoundError, ValueError):
+    reason = _no_val_reason(cfg, setup.dp_size)
+    if reason:
+        if not setup.extra.get("eval_warned"):
+            setup.extra["eval_warned"] = True
+            D.print0(f"[pretrain] evaluation skipped: {reason}")
         return {}
+    loader = build_loader(cfg, "val", setup.dp_rank, setup.dp_size, train=False)
     model = setup.engine.module.model
     was_training = model.training
     model.eval()
