@@ -19,7 +19,8 @@ and never hold two copies of the model. Layouts (``<dp>``/``<tp>`` = data/tensor
   groups). Offloaded runs write the same files.
 
 DeepSpeed's ``zero_to_fp32`` reads only ``mp_rank_00``; here each tensor rank is consolidated on its
-own and the ranks are then merged with ``pretrain.parallel.merge_tp_state_dicts``. DeepSpeed's
+own and the ranks are then merged along the parallel plan's splits (``param_split``; the same
+layout ``pretrain.parallel.merge_tp_state_dicts`` merges, filled in place one shard at a time). DeepSpeed's
 files are pickles: they are read with ``torch.load(weights_only=True, mmap=True)``, allow-listing
 only the few DeepSpeed classes they contain as inert stand-ins (so DeepSpeed need not even be
 imported), and memory-mapped so that only the fp32 master weights are paged in.
@@ -338,10 +339,32 @@ class CheckpointReader:
         source = key if key in self._stored else _tied_source(key, self.model_config)
         if self._files:
             return self._files[source].get_tensor(source).float()
-        from pretrain.parallel import merge_tp_state_dicts
+        return self._merge(key, source)
 
-        shards = [{key: r.get(source)} for r in self.ranks]
-        return merge_tp_state_dicts(shards, self.model_config)[key]
+    def _merge(self, key: str, source: str) -> torch.Tensor:
+        """Tensor ranks' shards of ``key`` written one by one into the full tensor, along the split
+        of ``pretrain.parallel.param_split`` (the layout ``merge_tp_state_dicts`` inverts): rank
+        ``r`` holds slice ``r`` of every fused block. Filling in place keeps one shard, not all,
+        next to the result (the merged embedding is often the largest tensor of an export)."""
+        from pretrain.parallel import param_split
+
+        split = param_split(key, self.model_config)
+        size = len(self.ranks)
+        if size == 1 or split is None:
+            return self.ranks[0].get(source)
+        dim, parts = split
+        shape = list(self.ranks[0].shape(source))
+        shape[dim] *= size
+        out = torch.empty(shape, dtype=torch.float32)
+        for r, rank in enumerate(self.ranks):
+            shard = rank.get(source)
+            full_at = local_at = 0
+            for block in parts:
+                n = block // size
+                out.narrow(dim, full_at + r * n, n).copy_(shard.narrow(dim, local_at, n))
+                full_at, local_at = full_at + block, local_at + n
+            del shard
+        return out
 
     def items(self) -> Iterator[tuple[str, torch.Tensor]]:
         for key in self._keys:

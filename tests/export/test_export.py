@@ -61,6 +61,23 @@ def test_zero1_masters_equal_module_weights(checkpoints, model):
         assert torch.equal(sd[k], v.float()), k
 
 
+@pytest.mark.parametrize("model", list(MODELS))
+def test_streamed_tensor_merge_equals_merge_tp_state_dicts(checkpoints, model):
+    """The reader fills merged tensors shard by shard; it must equal the parallel package's merge
+    of the per-tensor-rank state dicts."""
+    from pretrain.consolidate import CheckpointReader
+    from pretrain.parallel import merge_tp_state_dicts
+
+    reader = CheckpointReader(checkpoints[run_name(model, 3, 2)])
+    assert len(reader.ranks) == 2
+    per_rank = [{k: rank.get(k) for k in rank.keys()} for rank in reader.ranks]
+    merged = merge_tp_state_dicts(per_rank, reader.model_config)
+    split = [k for k in merged if merged[k].shape != per_rank[0][k].shape]
+    assert "layers.0.attn.qkv.weight" in split and "layers.0.mlp.fc_out.weight" in split
+    for k, v in merged.items():
+        assert torch.equal(reader.tensor(k), v), k
+
+
 @pytest.mark.parametrize("name", ["gpt_bf16_z2_offload_tp2", "bert_bf16_z0_tp2"])
 def test_bf16_runs_export_the_fp32_masters(checkpoints, name):
     """bf16 training keeps fp32 master weights (ZeRO 2 partitions, offloaded; ZeRO 0 optimizer
