@@ -40,7 +40,7 @@ STDLIB = ("argparse", "ast", "asyncio", "base64", "bisect", "calendar", "cmd", "
 
 def build_inputs(folder: Path, pages: int, n_articles: int) -> tuple[Path, Path]:
     from data_pipeline.text.extract import extract_text
-    from tests.data_pipeline.warc_factory import WarcBuilder, article_html, articles, pydoc_html
+    from data_pipeline.text.sample_corpus import WarcBuilder, article_html, articles, pydoc_html
 
     warc, wet = WarcBuilder(folder / "bench.warc.gz"), WarcBuilder(folder / "bench.warc.wet.gz")
     for i, module in enumerate(STDLIB[:pages]):
