@@ -233,9 +233,15 @@ class _RankWeights:
             pieces = [p for rank in self.flat for p in _gather(rank, offset, n)]
         else:
             pieces = _gather([rank[g] for rank in self.flat], offset, n)
-        out = torch.cat(pieces)[: shape.numel()].float().reshape(shape)  # cat copies: no view of the file
-        _release(pieces)
-        return out
+        out = torch.empty(shape.numel(), dtype=torch.float32)
+        at = 0
+        for piece in pieces:  # copy, then drop that piece's file pages: one piece resident at a time
+            n = min(piece.numel(), shape.numel() - at)
+            if n > 0:
+                out[at:at + n].copy_(piece[:n])
+            at += n
+            _release([piece])
+        return out.reshape(shape)
 
 
 def _zero0_masters(states: dict, config, path: Path) -> dict[str, torch.Tensor]:

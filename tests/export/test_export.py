@@ -61,6 +61,23 @@ def test_zero1_masters_equal_module_weights(checkpoints, model):
         assert torch.equal(sd[k], v.float()), k
 
 
+@pytest.mark.parametrize("name", [run_name(m, s, 1) for m in MODELS for s in (1, 3)] + ["llama_bf16_z3_offload_tp1"])
+def test_tensor1_equals_deepspeed_zero_to_fp32(checkpoints, name):
+    """At tensor 1 DeepSpeed's own consolidation (which reads mp_rank_00 only) is a reference."""
+    import contextlib
+    import io
+
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    _, sd = load_full_state_dict(checkpoints[name])
+    with contextlib.redirect_stdout(io.StringIO()):
+        ref = get_fp32_state_dict_from_zero_checkpoint(str(checkpoints[name] / "checkpoints"), tag="step00000002")
+    ref = {k.removeprefix("model."): v for k, v in ref.items()}
+    assert set(ref) <= set(sd) and set(sd) - set(ref) <= {"lm_head.weight", "mlm.decoder.weight"}
+    for k, v in ref.items():
+        assert torch.equal(sd[k], v.contiguous()), k
+
+
 @pytest.mark.parametrize("model", list(MODELS))
 def test_streamed_tensor_merge_equals_merge_tp_state_dicts(checkpoints, model):
     """The reader fills merged tensors shard by shard; it must equal the parallel package's merge

@@ -46,6 +46,9 @@ def test_import_then_export_is_identical(hf_dirs, checkpoints, tmp_path, model):
     assert init.keys() == trained.keys()
     for k in trained:
         assert torch.equal(init[k], trained[k]), k
+    x = inputs(cfg.model)
+    imported, original = from_checkpoint(tmp_path / "imp"), from_checkpoint(checkpoints[run_name(model, 3, 2)])
+    assert torch.equal(our_logits(imported, x), our_logits(original, x))
 
 
 def test_imported_weights_shard_for_tensor_parallel(hf_dirs, tmp_path):
