@@ -144,7 +144,7 @@ class Trainer:
             if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.train.steps:
                 self._save(step)
         self.result.final_step = step
-        if self.result.stopped_by == "finished":
+        if self.result.stopped_by == "finished" and step > s.start_step:
             self._save(step)
         return self.result
 
