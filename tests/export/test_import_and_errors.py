@@ -179,3 +179,12 @@ def test_existing_output_is_kept_on_failure(broken, tmp_path, capsys):
     assert "config.yaml: missing" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_import_hf_refuses_bad_input(tmp_path, capsys):
+    assert import_cli.main([str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert f"{tmp_path}: no config.json" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5", "d_model": 8}))
+    assert import_cli.main([str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "model_type='t5' is not supported" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".o")]
