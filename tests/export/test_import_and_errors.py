@@ -63,6 +63,10 @@ def test_imported_weights_shard_for_tensor_parallel(hf_dirs, tmp_path):
     assert shards[0]["layers.0.attn.qkv.weight"].shape[0] * 2 == full["layers.0.attn.qkv.weight"].shape[0]
     merged = merge_tp_state_dicts(shards, cfg.model)
     assert all(torch.equal(merged[k], full[k]) for k in full)
+    from pretrain.models import build_model
+
+    result = build_model(cfg.model).load_state_dict(shard_state_dict(full, cfg.model, 0, 1), strict=False)
+    assert not result.missing_keys and not result.unexpected_keys  # what train_setup checks
 
 
 def test_import_refuses_other_architectures(hf_dirs, tmp_path):
