@@ -18,7 +18,6 @@ here is read with pickle except DeepSpeed's own engine resume; ours are JSON/YAM
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -176,10 +175,6 @@ def read_json(tag_dir: str | Path, name: str) -> dict:
 
 def rank_state(tag_dir: str | Path, folder: str, rank: int) -> dict:
     return read_json(tag_dir, f"{folder}/rank_{rank:05d}.json")
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def copy_if_exists(src: str | Path | None) -> bytes | None:

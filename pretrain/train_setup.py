@@ -12,6 +12,7 @@ import psutil
 import torch
 from torch import nn
 
+from data_pipeline.shards import sha256_file
 from pretrain import checkpoint as C
 from pretrain import distributed as D
 from pretrain.config import Config, deepspeed_config, global_batch, to_yaml
@@ -182,8 +183,10 @@ def build_setup(cfg: Config) -> Setup:
                                            dist_init_required=False)
     loader = build_loader(cfg, "train", dp_rank, dp, train=True)
     info = data_info(cfg)
-    if cfg.data.source == "shards" and cfg.model.family != "vit":
-        info["tokenizer_path"] = str(Path(cfg.data.path) / "tokenizer.model")
+    if cfg.data.source == "shards":
+        info["manifest_sha256"] = sha256_file(Path(cfg.data.path) / "manifest.json")
+        if cfg.model.family != "vit":
+            info["tokenizer_path"] = str(Path(cfg.data.path) / "tokenizer.model")
 
     state: dict = {}
     if resume_dir is not None:

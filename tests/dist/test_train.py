@@ -148,3 +148,35 @@ def test_killing_one_rank_ends_the_job_nonzero_quickly(tmp_path):
     code = proc.wait(timeout=90)
     assert code != 0
     assert time.monotonic() - t0 < 60
+
+
+def test_init_from_checkpoint_and_from_import_hf(tmp_path):
+    """checkpoint.init_from starts from the weights alone: the first loss equals the source model's
+    loss on that batch, whether from a training checkpoint or from an import-hf directory."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from pretrain.config import load_config
+    from pretrain.data import build_loader
+    from pretrain.models import from_checkpoint
+    from tests.dist.helpers import REPO
+
+    run_train(DEBUG["llama"], _common(tmp_path, "src", 4))
+    src = tmp_path / "src" / "checkpoints" / "step00000004"
+    hf, imported = tmp_path / "hf", tmp_path / "imported"
+    for args in (["export", str(src), "--out", str(hf)], ["import-hf", str(hf), "--out", str(imported)]):
+        proc = subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=REPO, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    overrides = _common(tmp_path, "x", 1, ["train.seed=7"])
+    cfg = load_config(REPO / DEBUG["llama"], overrides)
+    batch = next(iter(build_loader(cfg, "train", 0, 1, train=True)))
+    with torch.no_grad():
+        expected = from_checkpoint(src).loss(batch).item()
+    for name, init in (("from_ckpt", src), ("from_hf", imported)):
+        run_train(DEBUG["llama"], _common(tmp_path, name, 1, ["train.seed=7", f"checkpoint.init_from={init}"]))
+        assert losses(tmp_path / name)[1] == pytest.approx(expected, rel=1e-5), name
+    fresh = tmp_path / "fresh"
+    run_train(DEBUG["llama"], _common(tmp_path, "fresh", 1, ["train.seed=7"]))
+    assert losses(fresh)[1] > expected + 0.01  # trained weights, not a fresh init
