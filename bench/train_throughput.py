@@ -68,42 +68,54 @@ def _time(step_fn, warmup: int, steps: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def bench_case(name: str, path: str, overrides: list[str], args) -> dict:
-    from pretrain.models import build_model
-    from pretrain.train_setup import _items_and_flops, build_setup, peak_flops_per_rank
+def _deepspeed_side(cfg, args):
+    """Seconds per step of the trainer's own engine, plus the fixed batch and the work per step."""
+    from pretrain.train_setup import _items_and_flops, build_setup
     from pretrain.trainer import _to_device
+
+    setup = build_setup(cfg)
+    batch = _to_device(next(setup.train_iter), setup.device, setup.float_dtype)
+    engine = setup.engine
+
+    def ds_step():
+        loss = engine(**batch)
+        engine.backward(loss)
+        engine.step()
+
+    seconds = _time(ds_step, args.warmup, args.steps)
+    items, flops_per_item = _items_and_flops(cfg, 1, setup.model)
+    return seconds, batch, items, flops_per_item
+
+
+def _plain_side(cfg, args, batch) -> float:
+    """Seconds per step of a plain PyTorch loop over the same model and batch."""
+    from pretrain.models import build_model
+
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, device=D.device(), seed=cfg.train.seed)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
+    if dtype is not None:
+        model = model.to(dtype)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                            weight_decay=cfg.optim.weight_decay)
+
+    def plain_step():
+        loss = model.loss(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return _time(plain_step, args.warmup, args.steps)
+
+
+def bench_case(name: str, path: str, overrides: list[str], args) -> dict:
+    from pretrain.train_setup import peak_flops_per_rank
 
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = _cfg(path, overrides, run_dir, args.precision)
-        setup = build_setup(cfg)
-        batch = _to_device(next(setup.train_iter), setup.device, setup.float_dtype)
-        engine = setup.engine
-
-        def ds_step():
-            loss = engine(**batch)
-            engine.backward(loss)
-            engine.step()
-
-        ds_s = _time(ds_step, args.warmup, args.steps)
-        items, flops_per_item = _items_and_flops(cfg, 1, setup.model)
-        del setup, engine
-
-        torch.manual_seed(cfg.train.seed)
-        model = build_model(cfg.model, device=D.device(), seed=cfg.train.seed)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
-        if dtype is not None:
-            model = model.to(dtype)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                weight_decay=cfg.optim.weight_decay)
-
-        def plain_step():
-            loss = model.loss(batch)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        plain_s = _time(plain_step, args.warmup, args.steps)
+        ds_s, batch, items, flops_per_item = _deepspeed_side(cfg, args)
+        plain_s = _plain_side(cfg, args, batch)
     unit = "images" if cfg.model.family == "vit" else "tokens"
     peak = peak_flops_per_rank()
     out = {
