@@ -179,4 +179,4 @@ def test_init_from_checkpoint_and_from_import_hf(tmp_path):
         assert losses(tmp_path / name)[1] == pytest.approx(expected, rel=1e-5), name
     fresh = tmp_path / "fresh"
     run_train(DEBUG["llama"], _common(tmp_path, "fresh", 1, ["train.seed=7"]))
-    assert losses(fresh)[1] > expected + 0.01  # trained weights, not a fresh init
+    assert abs(losses(fresh)[1] - expected) > 1e-3  # a fresh init of the same seed gives another loss
