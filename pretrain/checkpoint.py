@@ -70,6 +70,12 @@ def set_rng_state(state: dict) -> None:
 # ----------------------------------------------------------------------------------------------
 # saving
 # ----------------------------------------------------------------------------------------------
+def write_complete(tag_dir: Path, tag: str, step: int) -> None:
+    """Write ``complete.json`` listing every file under ``tag_dir`` with its size and sha256; the
+    marker that makes a directory a usable checkpoint (for ``verify``), so it is written last."""
+    write_json_atomic(tag_dir / COMPLETE, {"tag": tag, "step": step, "files": _file_list(tag_dir)})
+
+
 def _file_list(tag_dir: Path) -> list[dict]:
     files = []
     for p in sorted(tag_dir.rglob("*")):
@@ -98,7 +104,7 @@ def save(engine, run_dir: str | Path, step: int, *, rank_files: dict[str, dict],
             write_bytes_atomic(tag_dir / name, data)
     D.barrier()
     if r == 0:
-        write_json_atomic(tag_dir / COMPLETE, {"tag": tag, "step": step, "files": _file_list(tag_dir)})
+        write_complete(tag_dir, tag, step)
         write_bytes_atomic(root / LATEST, (tag + "\n").encode())
         _prune(root, keep_last, keep=tag)
     D.barrier()

@@ -56,6 +56,7 @@ def _data_info(hf_dir: Path, hf_config: dict, family: str) -> dict:
 
 def import_hf(hf_dir: str | Path, out: str | Path, overwrite: bool = False, command: str | None = None) -> Path:
     """Convert ``hf_dir``; returns ``out``. ValueError/KeyError/FileNotFoundError on bad input."""
+    from pretrain.checkpoint import write_complete
     from pretrain.config import Config, to_yaml
     from pretrain.consolidate import _tied_source
     from pretrain.export.writer import ShardedSafetensorsWriter
@@ -83,7 +84,7 @@ def import_hf(hf_dir: str | Path, out: str | Path, overwrite: bool = False, comm
         _json(tmp / "trainer_state.json", {"step": 0, "tokens_seen": 0, "family": cfg.family, "source": str(hf_dir),
                                            "command": command or " ".join(["pretrain", *sys.argv[1:]])})
         _copy_tokenizer(hf_dir, tmp)
-        _json(tmp / "complete.json", {"tag": "import-hf", "step": 0, "files": _file_list(tmp)})
+        write_complete(tmp, "import-hf", 0)
         from pretrain.export import _replace
 
         _replace(tmp, out)
@@ -101,13 +102,6 @@ def _copy_tokenizer(hf_dir: Path, tmp: Path) -> None:
         (tmp / "hf_tokenizer").mkdir()
         for f in files:
             shutil.copyfile(f, tmp / "hf_tokenizer" / f.name)
-
-
-def _file_list(root: Path) -> list[dict]:
-    from data_pipeline.shards import sha256_file
-
-    return [{"path": p.relative_to(root).as_posix(), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
-            for p in sorted(root.rglob("*")) if p.is_file()]
 
 
 def _json(path: Path, obj) -> None:
