@@ -83,7 +83,7 @@ def _deepspeed_side(cfg, args):
         engine.step()
 
     seconds = _time(ds_step, args.warmup, args.steps)
-    items, flops_per_item = _items_and_flops(cfg, 1, setup.model)
+    items, flops_per_item = _items_and_flops(cfg, 1)
     return seconds, batch, items, flops_per_item
 
 

@@ -92,7 +92,6 @@ class Setup:
     tokens_seen: int = 0
     skipped_before: int = 0
     last_logged: int = 0
-    resumed_from: str | None = None
     extra: dict = field(default_factory=dict)
 
     def memory_gb(self) -> float:
@@ -120,7 +119,7 @@ def peak_flops_per_rank() -> float:
     return next((v for k, v in PEAK_BF16.items() if k in name), 0.0)
 
 
-def _items_and_flops(cfg: Config, dp: int, model: nn.Module) -> tuple[int, float]:
+def _items_and_flops(cfg: Config, dp: int) -> tuple[int, float]:
     from pretrain.models import flops
 
     batch = global_batch(cfg, dp)
@@ -191,7 +190,7 @@ def build_setup(cfg: Config) -> Setup:
     state: dict = {}
     if resume_dir is not None:
         state = _restore(engine, loader, resume_dir, cfg)
-    items, flops_per_item = _items_and_flops(cfg, dp, model)
+    items, flops_per_item = _items_and_flops(cfg, dp)
     precision = cfg.parallel.precision
     float_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     tracker = _tracker(cfg, state.get("mlflow_run_id"))
@@ -200,7 +199,7 @@ def build_setup(cfg: Config) -> Setup:
                   device=D.device(), float_dtype=float_dtype, items_per_step=items, flops_per_item=flops_per_item,
                   peak_flops=peak_flops_per_rank() * world, start_step=state.get("step", 0),
                   tokens_seen=state.get("tokens_seen", 0), skipped_before=engine.skipped_steps,
-                  last_logged=state.get("step", 0), resumed_from=str(resume_dir) if resume_dir else None)
+                  last_logged=state.get("step", 0))
     if resume_dir is None:
         log_run_metadata(tracker, cfg, world, dp)
     D.print0(f"[pretrain] {cfg.model.family} | world {world} = data {dp} x tensor {cfg.parallel.tensor_size} | "
