@@ -166,15 +166,17 @@ class Trainer:
         lr = s.engine.get_lr()[0] if s.engine.get_lr() else 0.0
         gnorm = grad_norm(s.engine)
         rate = items / seconds if seconds > 0 else 0.0
-        mfu = s.flops_per_item * rate / s.peak_flops if s.peak_flops else float("nan")
+        mfu = s.flops_per_item * rate / s.peak_flops if s.peak_flops else None  # None: peak unknown (CPU)
         mem = s.memory_gb()
         unit = "img" if s.family == "vit" else "tok"
         D.print0(f"step {step:>7d} | loss {loss:.4f} | lr {lr:.3e} | gnorm {gnorm:.3f} | {rate:,.0f} {unit}/s | "
-                 f"mfu {mfu * 100:.1f}% | {seconds / steps * 1000:.0f} ms/step | mem {mem:.2f} GB | "
+                 f"mfu {'n/a' if mfu is None else f'{mfu * 100:.1f}%'} | {seconds / steps * 1000:.0f} ms/step | mem {mem:.2f} GB | "
                  f"{unit}s {s.tokens_seen:,}")
-        s.tracker.log_metrics({"train/loss": loss, "train/lr": lr, "train/grad_norm": gnorm,
-                               f"train/{unit}_per_s": rate, "train/mfu": mfu, "train/step_time_s": seconds / steps,
-                               "train/memory_gb": mem, f"train/{unit}s_seen": s.tokens_seen}, step)
+        metrics = {"train/loss": loss, "train/lr": lr, "train/grad_norm": gnorm, f"train/{unit}_per_s": rate,
+                   "train/step_time_s": seconds / steps, "train/memory_gb": mem, f"train/{unit}s_seen": s.tokens_seen}
+        if mfu is not None:
+            metrics["train/mfu"] = mfu
+        s.tracker.log_metrics(metrics, step)
 
     def evaluate(self, step: int) -> dict:
         from pretrain.evaluation import evaluate
