@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
@@ -59,20 +58,18 @@ def import_hf(hf_dir: str | Path, out: str | Path, overwrite: bool = False, comm
     from pretrain.checkpoint import write_complete
     from pretrain.config import Config, to_yaml
     from pretrain.consolidate import _tied_source
+    from pretrain.export import refuse_nonempty, staged_dir
     from pretrain.export.writer import ShardedSafetensorsWriter
     from pretrain.models import from_hf
 
     hf_dir, out = Path(hf_dir), Path(out)
     if not (hf_dir / "config.json").is_file():
         raise FileNotFoundError(f"{hf_dir}: no config.json (not a Hugging Face model directory)")
-    if out.exists() and not overwrite and any(out.iterdir()):
-        raise FileExistsError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
+    refuse_nonempty(out, overwrite)
     hf_config = json.loads((hf_dir / "config.json").read_text())
     model = from_hf(hf_dir)
     cfg = model.config
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staged_dir(out) as tmp:
         writer = ShardedSafetensorsWriter(tmp, max_shard_bytes=1 << 62)
         for key, t in model.state_dict().items():
             if _tied_source(key, cfg) == key:
@@ -85,12 +82,6 @@ def import_hf(hf_dir: str | Path, out: str | Path, overwrite: bool = False, comm
                                            "command": command or " ".join(["pretrain", *sys.argv[1:]])})
         _copy_tokenizer(hf_dir, tmp)
         write_complete(tmp, "import-hf", 0)
-        from pretrain.export import _replace
-
-        _replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

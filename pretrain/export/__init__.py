@@ -15,6 +15,7 @@ is refused with the file named before anything is written.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -44,20 +45,33 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: str = "fp32", fm
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     out = Path(out)
+    refuse_nonempty(out, overwrite)
+    reader = CheckpointReader(ckpt, check=check)  # a bad checkpoint is refused before anything is made
+    with staged_dir(out) as tmp:
+        _write(reader, tmp, DTYPES[dtype], fmt, parse_size(max_shard_size),
+               command or " ".join(["pretrain", *sys.argv[1:]]), progress)
+    return out
+
+
+def refuse_nonempty(out: Path, overwrite: bool) -> None:
+    """Called before any work, so a refused output costs nothing."""
     if out.exists() and not overwrite and any(out.iterdir()):
         raise FileExistsError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
-    reader = CheckpointReader(ckpt, check=check)
+
+
+@contextlib.contextmanager
+def staged_dir(out: Path):
+    """Yield a temp directory beside ``out`` that becomes ``out`` only when the block succeeds; on
+    any failure it is removed and ``out`` is left as it was."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        _write(reader, tmp, DTYPES[dtype], fmt, parse_size(max_shard_size),
-               command or " ".join(["pretrain", *sys.argv[1:]]), progress)
+        yield tmp
         os.chmod(tmp, 0o755)
         _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
 
 
 def _replace(tmp: Path, out: Path) -> None:
