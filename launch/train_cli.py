@@ -62,6 +62,9 @@ def run(args) -> int:
         rank = os.environ.get("RANK", "0")
         print(f"pretrain: rank {rank} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         raise
+    from pretrain.distributed import shutdown
+
+    shutdown()
     return 0
 
 

@@ -89,8 +89,16 @@ def all_reduce_scalar(value: float, op=None, group=None) -> float:
     return float(t.item())
 
 
-def destroy() -> None:
+def shutdown() -> None:
+    """End of a successful job: all ranks meet, then tear the process groups down.
+
+    Exiting with live gloo groups, or destroying them while a peer still reads from its pair,
+    can abort the process (SIGABRT, "terminate called without an active exception") after the
+    work is done. Call only when every rank got here; a failed rank must not wait on its peers.
+    """
     if dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

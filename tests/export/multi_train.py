@@ -18,6 +18,9 @@ def main(spec_path: str) -> int:
 
     for entry in json.loads(open(spec_path).read()):
         train(load_config(entry["config"], entry["overrides"]))
+    from pretrain.distributed import shutdown
+
+    shutdown()
     return 0
 
 

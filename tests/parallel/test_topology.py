@@ -34,6 +34,9 @@ def _run(rank: int, port: int, world: int) -> None:
         assert t.item() == (2.0 if rank % 2 == 0 else 4.0)
         with pytest.raises(ValueError, match="tensor_size=3"):
             init_topology(3)
+        # both ranks reach here before either tears gloo down: destroying while the peer still
+        # reads from the pair aborts the process ("terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -135,5 +135,8 @@ def run(rank: int, port: int, presets: list[str]) -> None:
             cfg = preset(name)
             check_equivalence(cfg, mpu, checkpointing=i == 0)
             check_sharded_build(cfg, mpu)
+        # both ranks reach here before either tears gloo down: destroying while the peer still
+        # reads from the pair aborts the process ("terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
