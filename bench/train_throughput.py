@@ -90,6 +90,7 @@ def _deepspeed_side(cfg, args):
 def _plain_side(cfg, args, batch) -> float:
     """Seconds per step of a plain PyTorch loop over the same model and batch."""
     from pretrain.models import build_model
+    from pretrain.train_setup import adamw_kernel
 
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, device=D.device(), seed=cfg.train.seed)
@@ -97,7 +98,7 @@ def _plain_side(cfg, args, batch) -> float:
     if dtype is not None:
         model = model.to(dtype)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                            weight_decay=cfg.optim.weight_decay)
+                            weight_decay=cfg.optim.weight_decay, **adamw_kernel(cfg.optim.implementation))
 
     def plain_step():
         loss = model.loss(batch)

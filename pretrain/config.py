@@ -151,6 +151,10 @@ class OptimConfig(Section):
     decay_norms: bool = False
     decay_biases: bool = False
     decay_embeddings: bool = False
+    # the AdamW kernel: one fused kernel per device and dtype (fastest on CPU and GPU; with optimizer
+    # offload it is the host-side step, ~6x torch's default loop, on par with DeepSpeedCPUAdam without
+    # its JIT build: bench/cpu_optimizer.py), torch's multi-tensor foreach, or the per-tensor loop
+    implementation: Literal["fused", "foreach", "for-loop"] = "fused"
 
     @model_validator(mode="after")
     def _check(self):

@@ -7,6 +7,8 @@ ranks see the same batches and gathered logits, so they agree without communicat
 from __future__ import annotations
 
 import math
+import os
+import time
 
 import torch
 import torch.distributed as dist
@@ -14,6 +16,9 @@ import torch.nn.functional as F
 
 from pretrain import distributed as D
 from pretrain.config import Config
+
+# a progress line at most this often during one evaluation (the environment variable is for tests)
+PROGRESS_EVERY_S = float(os.environ.get("PRETRAIN_EVAL_PROGRESS_S", "10"))
 
 
 def _sums(model, batch: dict, family: str) -> dict[str, float]:
@@ -65,12 +70,17 @@ def evaluate(setup, cfg: Config) -> dict[str, float]:
     was_training = model.training
     model.eval()
     totals: dict[str, float] = {}
+    started = last_report = time.perf_counter()
     try:
         for i, batch in enumerate(loader):
             if i >= cfg.train.eval_steps:
                 break
             for k, v in _sums(model, _to_device(batch, setup.device, setup.float_dtype), setup.family).items():
                 totals[k] = totals.get(k, 0.0) + v
+            now = time.perf_counter()
+            if now - last_report >= PROGRESS_EVERY_S:  # long evaluations show they are alive
+                last_report = now
+                D.print0(f"eval  batch {i + 1}/{cfg.train.eval_steps} | {now - started:.0f} s")
     finally:
         model.train(was_training)
     keys = sorted(totals)

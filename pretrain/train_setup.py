@@ -62,6 +62,11 @@ class GuardedAdamW(torch.optim.AdamW):
         return super().step(closure)
 
 
+def adamw_kernel(implementation: str) -> dict:
+    """``torch.optim.AdamW`` keywords for ``optim.implementation``."""
+    return {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[implementation]
+
+
 def grad_norm(engine) -> float:
     """The last step's global gradient norm, from DeepSpeed or from ``GuardedAdamW``."""
     norm = engine.get_global_grad_norm()
@@ -170,7 +175,7 @@ def build_setup(cfg: Config) -> Setup:
     o = cfg.optim
     stage0_fp32 = cfg.parallel.zero_stage == 0 and cfg.parallel.precision == "fp32"
     optimizer = GuardedAdamW(param_groups(model, o), check=stage0_fp32, clip=o.grad_clip, mpu=mpu,
-                             lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+                             lr=o.lr, betas=tuple(o.betas), eps=o.eps, **adamw_kernel(o.implementation))
     scheduler = build_scheduler(optimizer, cfg)
     ds_cfg = deepspeed_config(cfg, world)
     if stage0_fp32:

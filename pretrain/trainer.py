@@ -181,9 +181,11 @@ class Trainer:
     def evaluate(self, step: int) -> dict:
         from pretrain.evaluation import evaluate
 
+        started = time.perf_counter()
         metrics = evaluate(self.s, self.cfg)
         if metrics:
-            D.print0(f"eval  {step:>7d} | " + " | ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            D.print0(f"eval  {step:>7d} | " + " | ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+                     + f" | {time.perf_counter() - started:.1f} s")
             self.s.tracker.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step)
         return metrics
 

@@ -78,7 +78,10 @@ def test_image_shards_train_vit_with_eval(image_shards, tmp_path):
     proc = run_train("configs/vit/debug.yaml", [
         "data.source=shards", f"data.path={image_shards}", "model.num_classes=3", "train.steps=6",
         "train.eval_every=3", "train.eval_steps=2", "tracking.enabled=false", f"train.run_dir={run_dir}",
-        "train.micro_batch_size=4", "train.log_every=3"], nproc=2)
+        "train.micro_batch_size=4", "train.log_every=3"], nproc=2, extra_env={"PRETRAIN_EVAL_PROGRESS_S": "0"})
     assert "eval " in proc.stdout and "top1" in proc.stdout
+    # progress during evaluation (after every batch here; the val split holds one batch per rank),
+    # printed by rank 0 only, in each of the two evaluations
+    assert proc.stdout.count("eval  batch 1/2 |") == 2 and "eval  batch 2/2" not in proc.stdout
     data = json.loads((run_dir / "checkpoints" / "step00000006" / "data.json").read_text())
     assert data["normalization"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
