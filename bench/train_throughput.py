@@ -3,8 +3,9 @@
     python bench/train_throughput.py                      # CPU: debug GPT/BERT/ViT + a small GPT, fp32
     python bench/train_throughput.py --gpu                # GPU: GPT-2 124M/355M and Llama 1.3B, bf16, MFU
 
-Both loops run the same model (same weights, same fixed batch) for ``--steps`` timed steps after
-``--warmup`` untimed ones, one rank. The DeepSpeed side is the trainer's own engine
+Both loops run the same model (same weights, same fixed batch), one rank: ``--warmup`` untimed
+steps each, then ``--rounds`` alternating blocks of ``--steps`` timed steps (DeepSpeed, plain,
+DeepSpeed, ...); the best block of each side is reported, every block is in the JSON. The DeepSpeed side is the trainer's own engine
 (``pretrain.train_setup.build_setup``: LossModule, GuardedAdamW, our DeepSpeed JSON), so the
 overhead column is what our training pays for DeepSpeed over plain PyTorch. Prints one JSON
 object per model and a one-line summary per model.
@@ -57,9 +58,8 @@ def _sync():
     get_accelerator().synchronize()
 
 
-def _time(step_fn, warmup: int, steps: int) -> float:
-    for _ in range(warmup):
-        step_fn()
+def _block(step_fn, steps: int) -> float:
+    """Seconds per step over ``steps`` back-to-back steps."""
     _sync()
     t0 = time.perf_counter()
     for _ in range(steps):
@@ -68,8 +68,8 @@ def _time(step_fn, warmup: int, steps: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def _deepspeed_side(cfg, args):
-    """Seconds per step of the trainer's own engine, plus the fixed batch and the work per step."""
+def _deepspeed_side(cfg):
+    """One step of the trainer's own engine, plus the fixed batch and the work per step."""
     from pretrain.train_setup import _items_and_flops, build_setup
     from pretrain.trainer import _to_device
 
@@ -82,13 +82,12 @@ def _deepspeed_side(cfg, args):
         engine.backward(loss)
         engine.step()
 
-    seconds = _time(ds_step, args.warmup, args.steps)
     items, flops_per_item = _items_and_flops(cfg, 1)
-    return seconds, batch, items, flops_per_item
+    return ds_step, batch, items, flops_per_item
 
 
-def _plain_side(cfg, args, batch) -> float:
-    """Seconds per step of a plain PyTorch loop over the same model and batch."""
+def _plain_side(cfg, args, batch):
+    """One step of a plain PyTorch loop over the same model and batch."""
     from pretrain.models import build_model
     from pretrain.train_setup import adamw_kernel
 
@@ -107,7 +106,7 @@ def _plain_side(cfg, args, batch) -> float:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return _time(plain_step, args.warmup, args.steps)
+    return plain_step
 
 
 def bench_case(name: str, path: str, overrides: list[str], args) -> dict:
@@ -115,8 +114,17 @@ def bench_case(name: str, path: str, overrides: list[str], args) -> dict:
 
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = _cfg(path, overrides, run_dir, args.precision)
-        ds_s, batch, items, flops_per_item = _deepspeed_side(cfg, args)
-        plain_s = _plain_side(cfg, args, batch)
+        ds_step, batch, items, flops_per_item = _deepspeed_side(cfg)
+        plain_step = _plain_side(cfg, args, batch)
+        for _ in range(args.warmup):
+            ds_step()
+            plain_step()
+        # alternate blocks so both sides see the same machine; the best block of each is reported
+        ds_blocks, plain_blocks = [], []
+        for _ in range(args.rounds):
+            ds_blocks.append(_block(ds_step, args.steps))
+            plain_blocks.append(_block(plain_step, args.steps))
+        ds_s, plain_s = min(ds_blocks), min(plain_blocks)
     unit = "images" if cfg.model.family == "vit" else "tokens"
     peak = peak_flops_per_rank()
     out = {
@@ -125,6 +133,8 @@ def bench_case(name: str, path: str, overrides: list[str], args) -> dict:
         f"deepspeed_{unit}_per_s": items / ds_s, f"plain_{unit}_per_s": items / plain_s,
         "deepspeed_step_ms": ds_s * 1e3, "plain_step_ms": plain_s * 1e3,
         "deepspeed_overhead": ds_s / plain_s - 1.0, "flops_per_item": flops_per_item,
+        "rounds": args.rounds, "steps_per_round": args.steps,
+        "deepspeed_block_ms": [x * 1e3 for x in ds_blocks], "plain_block_ms": [x * 1e3 for x in plain_blocks],
     }
     if peak:
         out["mfu_deepspeed"] = flops_per_item * items / ds_s / peak
@@ -138,6 +148,7 @@ def main() -> int:
     p.add_argument("--only", default=None, help="comma-separated case names")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5, help="alternating timed blocks per side; the best is kept")
     p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"])
     p.add_argument("--out", default=None, help="also write the JSON list here")
     args = p.parse_args()

@@ -50,16 +50,41 @@ class GuardedAdamW(torch.optim.AdamW):
     @torch.no_grad()
     def step(self, closure=None):
         if self.check:
-            from deepspeed.runtime.utils import clip_grad_norm_
-
             params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
-            norm = clip_grad_norm_(params, max_norm=self.clip if self.clip > 0 else float("inf"), mpu=self.mpu)
+            norm = clip_grad_norm(params, self.clip, self.mpu)
             self.last_grad_norm = float(norm)
             self.overflow = not math.isfinite(self.last_grad_norm)
             if self.overflow:
                 self.zero_grad(set_to_none=True)
                 return None
         return super().step(closure)
+
+
+def clip_grad_norm(params: list[torch.Tensor], max_norm: float, mpu) -> torch.Tensor:
+    """The global 2-norm of the gradients of ``params`` (data-parallel-reduced already, tensor-parallel
+    sharded or replicated), and the gradients scaled down to ``max_norm`` when above it (0: no clipping).
+
+    Tensor-sharded parameters (``tensor_model_parallel``) count on every tensor rank, replicated ones
+    on tensor rank 0 only; the squares are summed over the tensor group. The same arithmetic as
+    DeepSpeed's ``clip_grad_norm_`` (coefficient ``max_norm / (norm + 1e-6)``, at most 1), with
+    multi-tensor kernels instead of a Python loop per parameter."""
+    from deepspeed.runtime.utils import is_model_parallel_parameter
+
+    tp = mpu.get_model_parallel_world_size() if mpu is not None else 1
+    first = tp == 1 or mpu.get_model_parallel_rank() == 0
+    grads = [p.grad for p in params]
+    mine = [p.grad for p in params if first or is_model_parallel_parameter(p)]
+    if mine:
+        sq = torch.nn.utils.get_total_norm(mine, 2.0, foreach=True).float().square()
+    else:
+        sq = torch.zeros((), dtype=torch.float32, device=grads[0].device if grads else None)
+    if tp > 1:
+        torch.distributed.all_reduce(sq, group=mpu.get_model_parallel_group())
+    total = sq.sqrt()
+    if max_norm > 0 and grads:
+        coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+        torch._foreach_mul_(grads, coef.to(grads[0].dtype))
+    return total
 
 
 def adamw_kernel(implementation: str) -> dict:
@@ -185,6 +210,10 @@ def build_setup(cfg: Config) -> Setup:
     engine, _, _, _ = deepspeed.initialize(model=LossModule(model), optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_cfg, mpu=mpu,
                                            dist_init_required=False)
+    if dp == 1 and cfg.parallel.zero_stage == 0:
+        # nothing to reduce over one data-parallel rank; DeepSpeed would still flatten, "all-reduce"
+        # and copy back every gradient each step (~2.5 ms a step on the debug models)
+        engine.enable_backward_allreduce = False
     loader = build_loader(cfg, "train", dp_rank, dp, train=True)
     info = data_info(cfg)
     if cfg.data.source == "shards":
