@@ -17,6 +17,7 @@ import json
 import os
 import tarfile
 from collections.abc import Iterable, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -92,41 +93,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_shard(out_dir: str | Path, rel_path: str, samples: Iterable[tuple[str, Mapping[str, bytes]]]) -> ShardInfo:
-    """Write ``samples`` ((key, {field: bytes}) pairs) to ``out_dir/rel_path`` atomically."""
-    final = Path(out_dir) / rel_path
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(final)
-    h = hashlib.sha256()
-    n = payload = size = 0
-    try:
-        with open(tmp, "wb") as f:
-            for key, fields in samples:
-                data, p = encode_sample(key, fields)
-                f.write(data)
-                h.update(data)
-                n, payload, size = n + 1, payload + p, size + len(data)
-            end = b"\0" * (2 * BLOCK)
-            f.write(end)
-            h.update(end)
-            size += len(end)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        _fsync_dir(final.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return ShardInfo(path=rel_path, samples=n, bytes=size, sha256=h.hexdigest(), payload_bytes=payload)
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+@contextmanager
+def atomic_file(path: str | Path):
+    """Open ``path`` for writing under a temporary name; on a clean exit flush, fsync and rename
+    it into place (then fsync the directory), on any error delete it. Readers never see a partial file."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(final)
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
@@ -134,6 +110,28 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_shard(out_dir: str | Path, rel_path: str, samples: Iterable[tuple[str, Mapping[str, bytes]]]) -> ShardInfo:
+    """Write ``samples`` ((key, {field: bytes}) pairs) to ``out_dir/rel_path`` atomically."""
+    h = hashlib.sha256()
+    n = payload = size = 0
+    with atomic_file(Path(out_dir) / rel_path) as f:
+        for key, fields in samples:
+            data, p = encode_sample(key, fields)
+            f.write(data)
+            h.update(data)
+            n, payload, size = n + 1, payload + p, size + len(data)
+        end = b"\0" * (2 * BLOCK)
+        f.write(end)
+        h.update(end)
+        size += len(end)
+    return ShardInfo(path=rel_path, samples=n, bytes=size, sha256=h.hexdigest(), payload_bytes=payload)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def write_json_atomic(path: str | Path, obj) -> None:
