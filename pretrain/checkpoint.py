@@ -12,16 +12,20 @@ Layout of one checkpoint (``<run_dir>/checkpoints/step00000020/``)::
     complete.json        written last: every file above with its size and sha256
 
 ``<run_dir>/checkpoints/latest`` names the newest complete tag; it is replaced atomically after
-``complete.json`` exists, so a crash mid-save leaves the previous checkpoint in charge. No file
-here is read with pickle except DeepSpeed's own engine resume; ours are JSON/YAML.
+``complete.json`` exists, so a crash mid-save leaves the previous checkpoint in charge. Our files
+are JSON/YAML; DeepSpeed's ``.pt`` files are pickles, and every read of them goes through
+``torch.load(weights_only=True)``: export and consolidation directly, resume through
+``weights_only_loads`` (DeepSpeed itself asks for full unpickling).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +136,38 @@ def latest(run_dir: str | Path) -> Path | None:
         return None
     tag_dir = root / f.read_text().strip()
     return tag_dir if (tag_dir / COMPLETE).is_file() else None
+
+
+def _deepspeed_pickled_classes() -> list:
+    """The classes DeepSpeed puts in its checkpoint pickles (besides tensors and builtins)."""
+    from deepspeed.checkpoint.utils import clone_tensors_for_torch_save
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [ZeroStageEnum, fragment_address, LossScaler, DynamicLossScaler, clone_tensors_for_torch_save]
+
+
+@contextmanager
+def weights_only_loads(what: str | Path):
+    """Inside, every ``torch.load`` -- DeepSpeed's, which passes ``weights_only=False``, included --
+    unpickles tensors, containers and the few DeepSpeed classes of its checkpoints only, never
+    arbitrary objects (``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` + ``safe_globals``). A file that needs
+    anything else is refused with a ``CheckpointError`` naming ``what``."""
+    old = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with torch.serialization.safe_globals(_deepspeed_pickled_classes()):
+            yield
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{what}: refused to load a file that is not plain tensors and known DeepSpeed "
+                              f"state (weights-only unpickling): {first}") from None
+    finally:
+        if old is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = old
 
 
 def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:

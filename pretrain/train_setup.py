@@ -289,8 +289,9 @@ def _restore(engine, loader, tag_dir: Path, cfg: Config) -> dict:
             f"{tag_dir}: saved with world {state['world_size']} (tensor {state['tensor_parallel_size']}); exact "
             f"resume needs the same layout, this job has world {D.world_size()} (tensor {cfg.parallel.tensor_size}). "
             "To change layout, start from its weights with checkpoint.init_from instead.")
-    load_path, _ = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name, load_optimizer_states=True,
-                                          load_lr_scheduler_states=True)
+    with C.weights_only_loads(tag_dir):
+        load_path, _ = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name, load_optimizer_states=True,
+                                              load_lr_scheduler_states=True)
     if load_path is None:
         raise C.CheckpointError(f"{tag_dir}: DeepSpeed could not load this checkpoint")
     loader.load_state_dict(C.rank_state(tag_dir, "loader", D.rank()))

@@ -130,6 +130,36 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
     assert len(client.search_runs([run.info.experiment_id])) == 1
 
 
+class _RunsCode:
+    """Pickles to a call of ``open(path, "w")``: what a tampered checkpoint could make a plain unpickler run."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path):
+    """DeepSpeed unpickles its .pt files on resume; ours reads them weights-only. A checkpoint whose
+    model file was replaced by a pickle that runs code (complete.json rewritten to match) is refused
+    with a clear error, and the code never runs."""
+    import torch
+
+    from pretrain.checkpoint import write_complete
+
+    run_train(DEBUG["gpt"], _common(tmp_path, "evil", 2))
+    tag = tmp_path / "evil" / "checkpoints" / "step00000002"
+    marker = tmp_path / "code-ran"
+    torch.save({"module": _RunsCode(marker)}, tag / "mp_rank_00_model_states.pt")
+    write_complete(tag, "step00000002", 2)
+    proc = run_train(DEBUG["gpt"], _common(tmp_path, "evil", 3, ["checkpoint.resume=auto"]), check=False)
+    assert proc.returncode != 0
+    assert "refused to load a file that is not plain tensors" in proc.stderr, proc.stderr[-3000:]
+    assert "step00000002" in proc.stderr
+    assert not marker.exists()
+
+
 def test_nonfinite_steps_are_skipped_then_stop(tmp_path):
     """NaN loss at steps 3 and 4 is skipped and counted; 3 in a row stops with a checkpoint."""
     run_train(DEBUG["gpt"], _common(tmp_path, "nan", 8), extra_env={"PRETRAIN_FAULT_NAN_STEPS": "3,4"})
