@@ -185,8 +185,10 @@ class Loader:
     def _open(self, state: dict) -> Iterator[dict]:
         if self.num_workers == 0:
             return batch_stream(self.spec, state)
+        # page-locked batches on GPU machines: the trainer's non_blocking host-to-device copies overlap
         dl = DataLoader(_WorkerStream(self.spec, dict(state)), batch_size=None, num_workers=self.num_workers,
-                        worker_init_fn=_worker_init, prefetch_factor=self.prefetch_factor)
+                        worker_init_fn=_worker_init, prefetch_factor=self.prefetch_factor,
+                        pin_memory=torch.cuda.is_available())
         return iter(dl)
 
     def __iter__(self):
