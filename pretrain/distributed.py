@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import socket
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -46,6 +47,10 @@ def init_distributed(timeout_s: int = 1800) -> None:
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
+    # DeepSpeed's ZeRO calls torch's all_gather_into_tensor, which torch now marks deprecated: one
+    # FutureWarning per rank per run that the user can do nothing about
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.all_gather_into_tensor` is deprecated",
+                            category=FutureWarning)
     _slurm_env()
     _fill_single_process_env()
     acc = get_accelerator()
