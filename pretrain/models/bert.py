@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from pretrain.config import ModelConfig
-from pretrain.models.core import CrossEntropy, LMHead, Transformer, activation_fn, make_norm, padding_mask
+from pretrain.models.core import CrossEntropy, LMHead, Transformer, activation_fn, embedding, make_norm, padding_mask
 
 
 class MLMHead(nn.Module):
@@ -43,9 +43,9 @@ class Bert(Transformer):
     def __init__(self, cfg: ModelConfig, pooler: bool = False):
         super().__init__(cfg, causal=False)
         h = cfg.hidden_size
-        self.tok_embed = nn.Embedding(cfg.padded_vocab_size, h)
-        self.pos_embed = nn.Embedding(cfg.max_seq_len, h) if cfg.position == "learned" else None
-        self.type_embed = nn.Embedding(cfg.type_vocab_size, h) if cfg.type_vocab_size else None
+        self.tok_embed = embedding(cfg.padded_vocab_size, h)
+        self.pos_embed = embedding(cfg.max_seq_len, h) if cfg.position == "learned" else None
+        self.type_embed = embedding(cfg.type_vocab_size, h) if cfg.type_vocab_size else None
         self.embed_norm = make_norm(cfg) if cfg.norm_position == "post" else None
         self.drop = nn.Dropout(cfg.dropout)
         self.pooler = Pooler(cfg) if pooler else None

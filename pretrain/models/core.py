@@ -25,6 +25,13 @@ from torch.utils.checkpoint import checkpoint
 from pretrain.config import ModelConfig
 
 
+def embedding(num: int, dim: int) -> nn.Embedding:
+    """``nn.Embedding`` without torch's own init (``materialize`` initialises every weight). On the
+    meta device torch's ``normal_`` goes through its reference kernels, whose import of
+    ``torch._dynamo`` costs ~2 s per process."""
+    return nn.Embedding(num, dim, _weight=torch.empty(num, dim))
+
+
 def make_norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
     """LayerNorm (weight + bias) or RMSNorm (weight only), as the config says."""
     dim = dim or cfg.hidden_size

@@ -14,15 +14,15 @@ import torch
 from torch import nn
 
 from pretrain.config import ModelConfig
-from pretrain.models.core import CrossEntropy, LMHead, Transformer, make_norm, padding_mask
+from pretrain.models.core import CrossEntropy, LMHead, Transformer, embedding, make_norm, padding_mask
 
 
 class GPT(Transformer):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg, causal=True)
         h = cfg.hidden_size
-        self.tok_embed = nn.Embedding(cfg.padded_vocab_size, h)
-        self.pos_embed = nn.Embedding(cfg.max_seq_len, h) if cfg.position == "learned" else None
+        self.tok_embed = embedding(cfg.padded_vocab_size, h)
+        self.pos_embed = embedding(cfg.max_seq_len, h) if cfg.position == "learned" else None
         self.embed_norm = make_norm(cfg) if cfg.norm_position == "post" else None  # as BERT's
         self.drop = nn.Dropout(cfg.dropout)
         self.lm_head = LMHead(h, cfg.padded_vocab_size, bias=False)
