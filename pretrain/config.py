@@ -217,7 +217,7 @@ class TrackingConfig(Section):
     uri: str | None = None  # None = $MLFLOW_TRACKING_URI or sqlite:///mlflow.db
     experiment: str = "pretrain"
     run_name: str | None = None
-    system_metrics: bool = False
+    system_metrics: bool = True  # MLflow's CPU, memory, disk, network (and GPU with pynvml) samples, rank 0
     tags: dict[str, str] = Field(default_factory=dict)
 
 

@@ -25,7 +25,9 @@ def _args(tmp_path, name, steps, uri, extra=()):
 
 
 def test_server_receives_params_metrics_and_artifacts(server, tmp_path):
-    run_train(GPT, _args(tmp_path, "ok", 6, server.uri), nproc=2)
+    # system metrics sampled every second (MLflow's default is 10 s, longer than this run)
+    run_train(GPT, _args(tmp_path, "ok", 6, server.uri), nproc=2,
+              extra_env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1", "PRETRAIN_TEST_STEP_SLEEP": "0.3"})
     client = MlflowClient(server.uri)
     exp = client.get_experiment_by_name("e2e-ok")
     (run,) = client.search_runs([exp.experiment_id])
@@ -38,6 +40,8 @@ def test_server_receives_params_metrics_and_artifacts(server, tmp_path):
     assert [m.step for m in sorted(history, key=lambda m: m.step)] == [2, 4, 6]
     ours = losses(tmp_path / "ok")
     assert {m.step: m.value for m in history} == pytest.approx({s: ours[s] for s in (2, 4, 6)})
+    system = {k for k in run.data.metrics if k.startswith("system/")}
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system, system
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config", "plots", "metrics"} <= arts
     names = {a.path for d in ("config", "plots") for a in client.list_artifacts(run.info.run_id, d)}
