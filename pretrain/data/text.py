@@ -27,6 +27,7 @@ are therefore the same under any parallel layout and after a resume.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -174,8 +175,16 @@ def bert_frame(windows: np.ndarray, specials: TextSpecials) -> np.ndarray:
 
 
 def replacement_pool(specials: TextSpecials) -> np.ndarray:
-    """The ids BERT's random replacement draws from: every non-special id."""
-    return np.setdiff1d(np.arange(specials.vocab_size), np.asarray(specials.special_ids))
+    """The ids BERT's random replacement draws from: every non-special id (read-only, cached: at a
+    32k vocabulary building it took two thirds of a batch's masking time)."""
+    return _pool(specials.vocab_size, tuple(sorted(set(specials.special_ids))))
+
+
+@functools.lru_cache(maxsize=8)
+def _pool(vocab_size: int, special_ids: tuple[int, ...]) -> np.ndarray:
+    pool = np.setdiff1d(np.arange(vocab_size), np.asarray(special_ids, dtype=np.int64))
+    pool.setflags(write=False)
+    return pool
 
 
 def mask_tokens(ids: np.ndarray, rng: np.random.Generator, specials: TextSpecials,
