@@ -20,6 +20,7 @@ are JSON/YAML; DeepSpeed's ``.pt`` files are pickles, and every read of them goe
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import pickle
@@ -138,14 +139,21 @@ def latest(run_dir: str | Path) -> Path | None:
     return tag_dir if (tag_dir / COMPLETE).is_file() else None
 
 
-def _deepspeed_pickled_classes() -> list:
-    """The classes DeepSpeed puts in its checkpoint pickles (besides tensors and builtins)."""
-    from deepspeed.checkpoint.utils import clone_tensors_for_torch_save
-    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
+# The classes DeepSpeed puts in its checkpoint pickles besides tensors and builtins: the whole
+# allow-list of every weights-only read (resume here; ``consolidate`` maps them to inert stand-ins).
+DEEPSPEED_PICKLED_CLASSES = (
+    "deepspeed.runtime.zero.config.ZeroStageEnum", "deepspeed.utils.tensor_fragment.fragment_address",
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler", "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+    "deepspeed.checkpoint.utils.clone_tensors_for_torch_save")
 
-    return [ZeroStageEnum, fragment_address, LossScaler, DynamicLossScaler, clone_tensors_for_torch_save]
+
+def _deepspeed_pickled_classes() -> list:
+    """``DEEPSPEED_PICKLED_CLASSES``, imported."""
+    out = []
+    for qualified in DEEPSPEED_PICKLED_CLASSES:
+        module, name = qualified.rsplit(".", 1)
+        out.append(getattr(importlib.import_module(module), name))
+    return out
 
 
 @contextmanager

@@ -42,12 +42,9 @@ from pathlib import Path
 
 import torch
 
-from pretrain.checkpoint import COMPLETE, LATEST, CheckpointError, verify
+from pretrain.checkpoint import COMPLETE, DEEPSPEED_PICKLED_CLASSES, LATEST, CheckpointError, verify
 
 PREFIX = "model."  # DeepSpeed wraps our model in train_setup.LossModule
-_DS_CLASSES = ("deepspeed.runtime.zero.config.ZeroStageEnum", "deepspeed.utils.tensor_fragment.fragment_address",
-               "deepspeed.runtime.fp16.loss_scaler.LossScaler", "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
-               "deepspeed.checkpoint.utils.clone_tensors_for_torch_save")
 
 
 class _Inert:
@@ -63,7 +60,7 @@ class _Inert:
 def torch_load(path: Path) -> dict:
     """``torch.load`` a DeepSpeed file safely (weights only, memory-mapped); errors name the file."""
     try:
-        with torch.serialization.safe_globals([(_Inert, name) for name in _DS_CLASSES]):
+        with torch.serialization.safe_globals([(_Inert, name) for name in DEEPSPEED_PICKLED_CLASSES]):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing from checkpoint") from None

@@ -188,10 +188,10 @@ def _pool(vocab_size: int, special_ids: tuple[int, ...]) -> np.ndarray:
 
 
 def mask_tokens(ids: np.ndarray, rng: np.random.Generator, specials: TextSpecials,
-                probability: float, pool: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                probability: float) -> tuple[np.ndarray, np.ndarray]:
     """BERT masking: choose ``probability`` of the non-special tokens; of those 80% -> ``mask_id``,
-    10% -> a random non-special token (from ``pool``, default ``replacement_pool``), 10% unchanged.
-    Labels hold the original id there, else -100."""
+    10% -> a random non-special token (``replacement_pool``), 10% unchanged. Labels hold the
+    original id there, else -100."""
     ids = ids.astype(np.int64, copy=True)
     eligible = ~np.isin(ids, np.asarray(specials.special_ids))
     chosen = (rng.random(ids.shape) < probability) & eligible
@@ -199,7 +199,7 @@ def mask_tokens(ids: np.ndarray, rng: np.random.Generator, specials: TextSpecial
     r = rng.random(ids.shape)
     ids[chosen & (r < 0.8)] = specials.mask_id
     to_random = chosen & (r >= 0.8) & (r < 0.9)
-    pool = replacement_pool(specials) if pool is None else pool
+    pool = replacement_pool(specials)
     ids[to_random] = pool[rng.integers(0, len(pool), int(to_random.sum()))]
     return ids, labels
 
@@ -210,8 +210,7 @@ def bert_batch(windows: np.ndarray, specials: TextSpecials, probability: float,
     a window's mask does not depend on which batch it lands in); packed windows have no padding, so
     attention_mask is all 1."""
     framed = bert_frame(windows, specials)
-    pool = replacement_pool(specials)
-    masked = [mask_tokens(row, rng, specials, probability, pool) for row, rng in zip(framed, rngs)]
+    masked = [mask_tokens(row, rng, specials, probability) for row, rng in zip(framed, rngs)]
     ids = np.stack([m[0] for m in masked])
     labels = np.stack([m[1] for m in masked])
     return {
