@@ -3,8 +3,8 @@
 With ``parallel.offload_optimizer`` the fp32 master weights and Adam moments live in host memory
 and the AdamW step runs on the CPU once per optimizer step, for every parameter of the rank's
 partition -- at 1B+ parameters that step is often the slowest part of an offloaded step. This
-times one AdamW step over parameters shaped like a GPT (the given width, depth and vocabulary),
-on the same tensors, with each candidate in one run:
+times one AdamW step over tensors shaped like the parameters of a config's model (GPT-2 124M by
+default; built on the meta device), on the same tensors, with each candidate in one run:
 
 - ``torch_default``: ``torch.optim.AdamW()`` as constructed by default (on CPU tensors: the
   single-tensor loop);
@@ -15,7 +15,7 @@ on the same tensors, with each candidate in one run:
 
 and checks that every candidate gives the same weights as ``torch_default`` after the steps.
 
-    python bench/cpu_optimizer.py --hidden 768 --layers 12 --vocab 50304 --steps 5 --json out.json
+    python bench/cpu_optimizer.py --config configs/gpt/gpt2-124m.yaml --steps 5 --json out.json
 """
 
 from __future__ import annotations
@@ -23,17 +23,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
+from pathlib import Path
 
 import torch
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-def gpt_shapes(hidden: int, layers: int, vocab: int) -> list[tuple[int, ...]]:
-    shapes: list[tuple[int, ...]] = [(vocab, hidden), (1024, hidden)]
-    for _ in range(layers):
-        shapes += [(hidden,), (hidden,), (3 * hidden, hidden), (3 * hidden,), (hidden, hidden), (hidden,),
-                   (hidden,), (hidden,), (4 * hidden, hidden), (4 * hidden,), (hidden, 4 * hidden), (hidden,)]
-    return shapes + [(hidden,), (hidden,)]
+
+def model_shapes(config: str, overrides: list[str]) -> list[torch.Size]:
+    """Parameter shapes of the model a config builds (on the meta device; tied weights once)."""
+    from pretrain.config import load_config
+    from pretrain.models import build_model
+
+    model = build_model(load_config(REPO / config, overrides).model, device="meta")
+    return [p.shape for p in model.parameters()]
 
 
 def make(kind: str, params: list[torch.Tensor], lr: float):
@@ -73,16 +79,15 @@ def run(kind: str, shapes, steps: int, seed: int) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--hidden", type=int, default=768)
-    p.add_argument("--layers", type=int, default=12)
-    p.add_argument("--vocab", type=int, default=50304)
+    p.add_argument("--config", default="configs/gpt/gpt2-124m.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--only", default="torch_default,torch_foreach,torch_fused,deepspeed_cpu_adam")
     p.add_argument("--json")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    shapes = gpt_shapes(a.hidden, a.layers, a.vocab)
+    shapes = model_shapes(a.config, a.overrides)
     results, ref = [], None
     for kind in a.only.split(","):
         r = run(kind, shapes, a.steps, seed=0)
@@ -97,7 +102,7 @@ def main() -> int:
         print(f"{r['optimizer']:>20s}: {r['step_s_best'] * 1000:8.1f} ms/step  {r['params_per_s'] / 1e6:7.1f} M params/s  "
               f"x{r['speedup_vs_first']:.2f}  max|dw| vs first {r['max_abs_diff_vs_first']:.2e}  "
               f"(construct {r['construct_s']:.1f} s)", flush=True)
-    out = {"bench": "cpu_optimizer", "hidden": a.hidden, "layers": a.layers, "vocab": a.vocab, "threads": a.threads,
+    out = {"bench": "cpu_optimizer", "config": a.config, "overrides": a.overrides, "threads": a.threads,
            "torch": torch.__version__, "results": results}
     if a.json:
         with open(a.json, "w") as f:
