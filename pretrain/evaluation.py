@@ -84,7 +84,7 @@ def evaluate(setup, cfg: Config) -> dict[str, float]:
     finally:
         model.train(was_training)
     keys = sorted(totals)
-    t = torch.tensor([totals[k] for k in keys], dtype=torch.float64)
+    t = torch.tensor([totals[k] for k in keys], dtype=torch.float64, device=setup.device)  # NCCL: no CPU tensors
     if dist.is_initialized() and setup.dp_size > 1:
         dist.all_reduce(t, group=setup.mpu.get_data_parallel_group())
     totals = dict(zip(keys, t.tolist()))
