@@ -46,6 +46,14 @@ def run(args) -> int:
         dp_size(cfg, world)
         if cfg.data.source == "shards" and not os.path.isfile(os.path.join(cfg.data.path, "manifest.json")):
             raise ConfigError([("data.path", cfg.data.path, "no manifest.json there; run `pretrain data ...` first")])
+        if cfg.checkpoint.resume:  # a missing, half-written or incompatible checkpoint fails here, not in N ranks
+            from pretrain.checkpoint import CheckpointError
+            from pretrain.reshard import preflight
+
+            try:
+                preflight(cfg, world)
+            except CheckpointError as e:
+                raise ConfigError([("checkpoint.resume", cfg.checkpoint.resume, str(e))]) from None
     except ConfigError as e:
         print(f"pretrain: {e}", file=sys.stderr)
         return EXIT_CONFIG

@@ -126,11 +126,19 @@ def _gather(chunks: list[torch.Tensor], start: int, length: int) -> list[torch.T
     return out
 
 
-class _RankWeights:
-    """One tensor rank's consolidated (over ZeRO data ranks) fp32 weights, by plain key."""
+# What a reader can consolidate: the fp32 (master) weights, or one of AdamW's moments, which lie in
+# DeepSpeed's files exactly as the weights do (same flat partitions, same parameter order).
+FIELDS = ("fp32", "exp_avg", "exp_avg_sq")
 
-    def __init__(self, tag_dir: Path, tp_rank: int, stage: int, dp_size: int, config=None):
-        self.tag_dir, self.stage = tag_dir, stage
+
+class _RankWeights:
+    """One tensor rank's consolidated (over ZeRO data ranks) fp32 weights -- or AdamW moments
+    (``field``) -- by plain key."""
+
+    def __init__(self, tag_dir: Path, tp_rank: int, stage: int, dp_size: int, config=None, field: str = "fp32"):
+        if field not in FIELDS:
+            raise ValueError(f"field {field!r} is not one of {FIELDS}")
+        self.tag_dir, self.stage, self.field = tag_dir, stage, field
         self.masters: dict[str, torch.Tensor] = {}  # ZeRO 0 bf16/fp16: fp32 masters by key
         mp = f"mp_rank_{tp_rank:02d}"
         if stage == 3:
@@ -146,7 +154,11 @@ class _RankWeights:
             states["param_shapes"] = [{k: v.shape for k, v in states["module"].items()
                                        if _plain(k) not in self.buffers and _plain(k) not in self.shared}]
         self.groups = [{_plain(k): torch.Size(v) for k, v in g.items()} for g in states["param_shapes"]]
-        if stage == 0 and config is not None:
+        if stage == 0 and field != "fp32":
+            if config is None:
+                raise ValueError("reading optimizer moments of a ZeRO 0 checkpoint needs its config")
+            self.masters = _zero0_moments(states, config, field, tag_dir / f"{mp}_model_states.pt")
+        elif stage == 0 and config is not None:
             self.masters = _zero0_masters(states, config, tag_dir / f"{mp}_model_states.pt")
         self.flat: list[list[torch.Tensor]] = []
         self.index: dict[str, tuple[int, int, int]] = {}  # key -> (group, offset, numel)
@@ -161,6 +173,7 @@ class _RankWeights:
 
     def _read_partitions(self, mp: str, dp_size: int) -> None:
         key = "fp32_flat_groups" if self.stage == 3 else "single_partition_of_fp32_groups"
+        inner = "optimizer_state_dict" if self.stage == 3 else "base_optimizer_state"
         paddings = None
         for d in range(dp_size):
             files = sorted(self.tag_dir.glob(f"*zero_pp_rank_{d}_{mp}_optim_states.pt"))
@@ -170,7 +183,13 @@ class _RankWeights:
             osd = torch_load(files[0]).get("optimizer_state_dict", {})
             if key not in osd:
                 raise CheckpointError(f"{files[0]}: no {key} (ZeRO stage {self.stage} expected)")
-            self.flat.append([t.detach() for t in osd[key]])  # saved as Parameters (requires_grad)
+            if self.field == "fp32":
+                self.flat.append([t.detach() for t in osd[key]])  # saved as Parameters (requires_grad)
+            else:  # the inner AdamW's state: one entry per flat group, shaped as that group's partition
+                state = (osd.get(inner) or {}).get("state") or {}
+                if len(state) != len(osd[key]) or any(self.field not in v for v in state.values()):
+                    raise CheckpointError(f"{files[0]}: no AdamW {self.field} for every parameter group")
+                self.flat.append([state[g][self.field].detach() for g in sorted(state)])
             paddings = osd.get("param_alignment_paddings")
         if self.stage == 3:
             self._index_zero3(dp_size)
@@ -216,12 +235,14 @@ class _RankWeights:
     def get(self, key: str) -> torch.Tensor:
         """The full (for this tensor rank) fp32 tensor: a fresh copy, never a view of a mapped file."""
         key = self.shared.get(key, key)
-        if key in self.buffers:
+        if key in self.buffers and self.field == "fp32":
             b = self.buffers[key].detach()
             return b.float().clone() if b.is_floating_point() else b.clone()
         shape = self.shape(key)
         if self.stage == 0:
-            src = self.masters.get(key, self.module[PREFIX + key]).detach()
+            if self.field != "fp32" and key not in self.masters:
+                raise CheckpointError(f"{self.tag_dir}: no AdamW {self.field} for {key}")
+            src = self.masters.get(key, self.module.get(PREFIX + key)).detach()
             out = src.to(torch.float32, copy=True).reshape(shape)
             _release([src])
             return out
@@ -247,8 +268,36 @@ def _zero0_masters(states: dict, config, path: Path) -> dict[str, torch.Tensor]:
     come from rebuilding our groups (``pretrain.schedules.param_groups``) on a meta model; every
     shape must match this tensor rank's module weights, else the module weights are used."""
     groups = (states.get("optimizer") or {}).get("fp32_groups") if isinstance(states.get("optimizer"), dict) else None
-    if not groups:
-        return {}
+    named = _name_zero0_groups(states, groups, config) if groups else None
+    if groups and named is None:
+        import warnings
+
+        warnings.warn(f"{path}: fp32 master copies do not line up with the parameters; "
+                      "using the module weights (training precision)", stacklevel=3)
+    return named or {}
+
+
+def _zero0_moments(states: dict, config, field: str, path: Path) -> dict[str, torch.Tensor]:
+    """ZeRO 0: AdamW's ``field`` per parameter from the torch optimizer state in the model states
+    (``optimizer``, or ``optimizer.optimizer_state_dict`` under DeepSpeed's FP16/BF16 wrapper),
+    numbered in our parameter-group order."""
+    opt = states.get("optimizer") if isinstance(states.get("optimizer"), dict) else {}
+    opt = opt.get("optimizer_state_dict", opt)
+    state, groups = opt.get("state") or {}, opt.get("param_groups") or []
+    try:
+        tensors = [[state[i][field] for i in g["params"]] for g in groups]
+    except (KeyError, TypeError):
+        tensors = None
+    named = _name_zero0_groups(states, tensors, config) if tensors else None
+    if named is None:
+        raise CheckpointError(f"{path}: no AdamW {field} that lines up with the parameters "
+                              "(a checkpoint saved before the first optimizer step, or another optimizer)")
+    return named
+
+
+def _name_zero0_groups(states: dict, groups: list, config) -> dict[str, torch.Tensor] | None:
+    """Per-group tensor lists (our AdamW groups' order) -> {plain name: tensor}, or None when the
+    groups or shapes do not match this tensor rank's module weights."""
     from pretrain.models import build_model
     from pretrain.schedules import param_groups
 
@@ -256,19 +305,15 @@ def _zero0_masters(states: dict, config, path: Path) -> dict[str, torch.Tensor]:
     names = {id(p): n for n, p in model.named_parameters()}
     ours = [[names[id(p)] for p in g["params"]] for g in param_groups(model, config.optim)]
     if [len(g) for g in ours] != [len(g) for g in groups]:
-        return {}
-    masters = {}
+        return None
+    out = {}
     for group_names, tensors in zip(ours, groups):
         for name, t in zip(group_names, tensors):
             module_t = states["module"].get(PREFIX + name)
             if module_t is None or tuple(module_t.shape) != tuple(t.shape):
-                import warnings
-
-                warnings.warn(f"{path}: fp32 master copies do not line up with the parameters; "
-                              "using the module weights (training precision)", stacklevel=3)
-                return {}
-            masters[name] = t
-    return masters
+                return None
+            out[name] = t
+    return out
 
 
 def _plain(key: str) -> str:
@@ -279,7 +324,7 @@ class CheckpointReader:
     """Full fp32 tensors of a checkpoint (any ZeRO stage and tensor size) or an import-hf dir, one
     at a time: ``for key in reader.keys(): t = reader.tensor(key)``. ``config`` is the run's Config."""
 
-    def __init__(self, path: str | Path, check: bool = True):
+    def __init__(self, path: str | Path, check: bool = True, field: str = "fp32"):
         from pretrain.config import load_config
 
         self.dir = resolve_checkpoint_dir(path)
@@ -289,10 +334,13 @@ class CheckpointReader:
         self._files: dict[str, object] = {}  # key -> safe_open handle (import-hf directories)
         self.ranks: list[_RankWeights] = []
         if (self.dir / "model.safetensors").is_file() or (self.dir / "model.safetensors.index.json").is_file():
+            if field != "fp32":
+                raise CheckpointError(f"{self.dir}: an imported weights directory holds no optimizer state")
             self._open_safetensors()
             stored = list(self._files)
         else:
-            self.ranks = [_RankWeights(self.dir, t, *self._layout(), self.config) for t in range(self._tensor_size())]
+            self.ranks = [_RankWeights(self.dir, t, *self._layout(), self.config, field=field)
+                          for t in range(self._tensor_size())]
             stored = self.ranks[0].keys()
         self._stored = set(stored)
         self._keys = _with_tied(stored, self.model_config)

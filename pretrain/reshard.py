@@ -1,0 +1,257 @@
+"""Resume a checkpoint on another parallel layout: data size, tensor size, ZeRO stage, precision.
+
+DeepSpeed's ``load_checkpoint`` restores a checkpoint bit for bit, but only into the layout that
+wrote it: ZeRO's optimizer files are flat partitions cut for one data size, and tensor shards for
+one tensor size. A job that lost a node, or moves from 8 GPUs to 16, would otherwise restart from
+the weights alone (``checkpoint.init_from``) and lose its optimizer state and data position.
+
+Here the checkpoint is read as full per-parameter tensors -- fp32 master weights and AdamW's two
+moments, from any ZeRO stage, tensor ranks merged (``pretrain.consolidate``) -- each tensor is cut
+to this rank's tensor shard, and written into whatever the new engine keeps: the parameters
+themselves (ZeRO 0, fp32), DeepSpeed's fp32 master copies (ZeRO 0, bf16/fp16), or its flat
+partitions (ZeRO 1/2/3). The LR schedule and DeepSpeed's step/sample counters carry over.
+
+The data order does not depend on the layout (``pretrain.data.loader``): at the same global batch,
+step ``k`` reads the same items for every data x micro-batch x accumulation split. So the loader
+restarts at micro-batch ``step x accumulation`` of this rank and the run sees exactly the batches
+the old layout would have read; losses then match the uninterrupted run up to the changed
+reduction order. What does not carry over: the per-rank RNG streams (dropout reseeds from seed,
+step and rank) and fp16's dynamic loss scale (it re-calibrates from its initial value).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pretrain import checkpoint as C
+from pretrain import distributed as D
+from pretrain.config import Config, global_batch, load_config
+
+MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+def layout(cfg: Config, world: int) -> dict:
+    """What DeepSpeed's own loader needs to be unchanged."""
+    p = cfg.parallel
+    return {"world": world, "tensor": p.tensor_size, "zero_stage": p.zero_stage, "precision": p.precision}
+
+
+def saved_layout(tag_dir: Path) -> tuple[Config, dict]:
+    """(the checkpoint's config, its layout)."""
+    state = C.read_json(tag_dir, "trainer_state.json")
+    saved = load_config(tag_dir / "config.yaml")
+    return saved, layout(saved, int(state["world_size"]))
+
+
+def check_compatible(tag_dir: Path, saved: Config, saved_world: int, cfg: Config, dp: int) -> None:
+    """A layout change keeps the model, the data stream and the global batch; anything else would
+    not be a continuation of the same run. Raises ``CheckpointError`` naming what differs."""
+    problems = []
+    if saved.model != cfg.model:
+        a, b = saved.model.model_dump(), cfg.model.model_dump()
+        problems += [f"model.{k}: checkpoint {a[k]!r}, this job {b[k]!r}" for k in a if a[k] != b.get(k)]
+    old_dp = saved_world // saved.parallel.tensor_size
+    if global_batch(saved, old_dp) != global_batch(cfg, dp):
+        problems.append(f"global batch: checkpoint {global_batch(saved, old_dp)}, this job {global_batch(cfg, dp)} "
+                        f"(set train.global_batch_size={global_batch(saved, old_dp)})")
+    for key in ("seq_len", "source", "path", "synthetic_samples", "shuffle_buffer"):
+        a, b = getattr(saved.data, key, None), getattr(cfg.data, key, None)
+        if a != b:
+            problems.append(f"data.{key}: checkpoint {a!r}, this job {b!r}")
+    if saved.train.seed != cfg.train.seed:
+        problems.append(f"train.seed: checkpoint {saved.train.seed}, this job {cfg.train.seed}")
+    if problems:
+        raise C.CheckpointError(f"{tag_dir}: cannot resume on a new layout: " + "; ".join(problems)
+                                + ". To start a different run from these weights use checkpoint.init_from.")
+
+
+def preflight(cfg: Config, world: int) -> Path | None:
+    """Before any rank starts: the checkpoint to resume from (None: a fresh start) exists, is
+    complete, and -- on a new layout or micro-batch size -- continues the same run. Raises
+    ``CheckpointError`` naming the problem."""
+    tag_dir = C.resolve_resume(cfg.checkpoint.resume, cfg.train.run_dir)
+    if tag_dir is None:
+        return None
+    saved, old = saved_layout(tag_dir)
+    if old != layout(cfg, world) or saved.train.micro_batch_size != cfg.train.micro_batch_size:
+        check_compatible(tag_dir, saved, old["world"], cfg, world // cfg.parallel.tensor_size)
+    return tag_dir
+
+
+# ----------------------------------------------------------------------------------------------
+# reading
+# ----------------------------------------------------------------------------------------------
+def _model_states(tag_dir: Path, stage: int) -> dict:
+    from pretrain.consolidate import torch_load
+
+    name = "zero_pp_rank_0_mp_rank_00_model_states.pt" if stage == 3 else "mp_rank_00_model_states.pt"
+    return torch_load(tag_dir / name)
+
+
+def _adam_step(tag_dir: Path, stage: int) -> float:
+    """AdamW's step count (for bias correction; optimizer steps taken, skipped ones not counted)."""
+    from pretrain.consolidate import torch_load
+
+    if stage == 0:
+        opt = _model_states(tag_dir, 0).get("optimizer") or {}
+        state = opt.get("optimizer_state_dict", opt).get("state") or {}
+    else:
+        files = sorted(tag_dir.glob("*zero_pp_rank_0_mp_rank_00_optim_states.pt"))
+        if not files:
+            raise C.CheckpointError(f"{tag_dir}: no zero_pp_rank_0_mp_rank_00_optim_states.pt")
+        osd = torch_load(files[0]).get("optimizer_state_dict", {})
+        state = (osd.get("optimizer_state_dict" if stage == 3 else "base_optimizer_state") or {}).get("state") or {}
+    steps = [float(v["step"]) for v in state.values() if "step" in v]
+    if not steps:
+        raise C.CheckpointError(f"{tag_dir}: no AdamW step count in the optimizer state")
+    return max(steps)
+
+
+def _local(full: torch.Tensor, name: str, cfg: Config, tp_rank: int, tp: int) -> torch.Tensor:
+    from pretrain.parallel import param_split
+    from pretrain.parallel.sharding import shard_tensor
+
+    split = param_split(name, cfg.model)
+    return shard_tensor(full, split[0], split[1], tp_rank, tp) if split and tp > 1 else full
+
+
+# ----------------------------------------------------------------------------------------------
+# writing into the engine
+# ----------------------------------------------------------------------------------------------
+def _new_adam_state(inner: torch.optim.Optimizer, tensor: torch.Tensor, step: float, group: dict | None = None) -> dict:
+    """AdamW state for ``tensor`` (of param ``group``, found when not given) as torch creates it on
+    a first step: zero moments, the given step count."""
+    group = group or next(g for g in inner.param_groups if any(p is tensor for p in g["params"]))
+    on_device = group.get("fused") or group.get("capturable")
+    state = {"step": torch.tensor(step, dtype=torch.float32, device=tensor.device if on_device else "cpu"),
+             "exp_avg": torch.zeros_like(tensor, memory_format=torch.preserve_format),
+             "exp_avg_sq": torch.zeros_like(tensor, memory_format=torch.preserve_format)}
+    inner.state[tensor] = state
+    return state
+
+
+class _Writer:
+    """Puts full (this tensor rank's) fp32 weights and moments into one engine's own storage."""
+
+    def __init__(self, engine, step: float):
+        self.opt, self.step = engine.optimizer, step
+        opt = self.opt
+        if hasattr(opt, "fp32_partitioned_groups_flat"):  # ZeRO 3
+            self.kind = "zero3"
+            for i, flat in enumerate(opt.fp32_partitioned_groups_flat):  # joins its group only during step()
+                _new_adam_state(opt.optimizer, flat, step, opt.optimizer.param_groups[opt.sub_group_to_group_id[i]])
+        elif hasattr(opt, "single_partition_of_fp32_groups"):  # ZeRO 1/2
+            self.kind = "zero12"
+            for flat in opt.single_partition_of_fp32_groups:
+                _new_adam_state(opt.optimizer, flat, step)
+            opt._hp_optimizer_states_linked = False
+            opt._lazy_init_hp_params_optimizer_state()  # points each parameter's fragments at that state
+        elif hasattr(opt, "fp16_groups") and hasattr(opt, "fp32_groups"):  # ZeRO 0 bf16/fp16: fp32 copies
+            self.kind = "masters"
+            self.master = {id(lp): hp for lps, hps in zip(opt.fp16_groups, opt.fp32_groups) for lp, hp in zip(lps, hps)}
+        elif isinstance(opt, torch.optim.Optimizer):  # ZeRO 0 fp32: the parameters are the masters
+            self.kind = "plain"
+        else:
+            raise C.CheckpointError(f"resuming on a new layout does not know DeepSpeed's {type(opt).__name__}")
+
+    @torch.no_grad()
+    def set(self, param: torch.nn.Parameter, weight: torch.Tensor, moments: dict[str, torch.Tensor]) -> None:
+        from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+        if self.kind == "zero3":
+            self.opt.set_full_hp_param(weight, param)
+            for key, value in moments.items():
+                self.opt.set_full_hp_param(value, param, key)
+            return
+        if self.kind == "zero12":
+            safe_set_full_fp32_param(param, weight)  # no-op where this rank holds no fragment
+            for key, value in moments.items():
+                safe_set_full_optimizer_state(param, value, key)
+        else:
+            hp, inner = (self.master[id(param)], self.opt.optimizer) if self.kind == "masters" else (param, self.opt)
+            hp.copy_(weight)
+            state = _new_adam_state(inner, hp, self.step)
+            for key, value in moments.items():
+                state[key].copy_(value)
+        param.copy_(weight.to(param.dtype))
+
+    def finish(self) -> None:
+        if self.kind == "zero3":  # the training-precision partitions follow the fp32 masters
+            for i in range(len(self.opt.fp16_groups)):
+                self.opt._reassign_or_swap_out_partitioned_parameters(i)
+
+
+def _named_parameters(engine) -> dict[str, torch.nn.Parameter]:
+    from pretrain.consolidate import PREFIX
+
+    return {n[len(PREFIX):] if n.startswith(PREFIX) else n: p for n, p in engine.module.named_parameters()}
+
+
+def _shape(param) -> torch.Size:
+    return param.ds_shape if hasattr(param, "ds_shape") else param.shape
+
+
+# ----------------------------------------------------------------------------------------------
+# the whole restore
+# ----------------------------------------------------------------------------------------------
+def restore(engine, loader, tag_dir: Path, cfg: Config, mpu, accum: int) -> dict:
+    """Load ``tag_dir`` (any layout) into this rank's ``engine`` and ``loader``; collective only in
+    DeepSpeed's ZeRO 3 bookkeeping. Returns the checkpoint's trainer state."""
+    from pretrain.consolidate import CheckpointReader
+
+    state = C.read_json(tag_dir, "trainer_state.json")
+    saved, old = saved_layout(tag_dir)
+    dp = mpu.get_data_parallel_world_size()
+    check_compatible(tag_dir, saved, old["world"], cfg, dp)
+    step = int(state["step"])
+    stage = old["zero_stage"]
+    tp_rank, tp = mpu.get_model_parallel_rank(), mpu.get_model_parallel_world_size()
+
+    readers = {f: CheckpointReader(tag_dir, check=False, field=f) for f in ("fp32", *MOMENTS)}
+    writer = _Writer(engine, _adam_step(tag_dir, stage))
+    for name, param in _named_parameters(engine).items():
+        weight = _local(readers["fp32"].tensor(name), name, cfg, tp_rank, tp)
+        if weight.shape != _shape(param):
+            raise C.CheckpointError(f"{tag_dir}: {name} has shape {tuple(weight.shape)} for tensor rank {tp_rank}, "
+                                    f"the model here {tuple(_shape(param))}")
+        moments = {f: _local(readers[f].tensor(name), name, cfg, tp_rank, tp) for f in MOMENTS}
+        writer.set(param, weight, moments)
+    writer.finish()
+
+    states = _model_states(tag_dir, stage)
+    engine.global_steps = int(states.get("global_steps", step))
+    engine.global_samples = int(states.get("global_samples", step * global_batch(cfg, dp)))
+    engine.skipped_steps = int(states.get("skipped_steps", 0))
+    if engine.lr_scheduler is not None and states.get("lr_scheduler"):
+        engine.lr_scheduler.load_state_dict(states["lr_scheduler"])
+        for group, lr in zip(engine.lr_scheduler.optimizer.param_groups, engine.lr_scheduler.get_last_lr()):
+            group["lr"] = lr  # the LR the next step uses, as the uninterrupted run's last step left it
+
+    loader.load_state_dict(loader_state(tag_dir, step, accum, int(old["world"])))
+    seed = cfg.train.seed * 1_000_003 + step * 1_009 + D.rank()
+    random.seed(seed), np.random.seed(seed % 2**32), torch.manual_seed(seed)
+    D.print0(f"[pretrain] resumed {tag_dir.name} on a new layout: world {old['world']} -> {D.world_size()}, "
+             f"tensor {old['tensor']} -> {tp}, ZeRO {old['zero_stage']} -> {cfg.parallel.zero_stage}, "
+             f"{old['precision']} -> {cfg.parallel.precision}")
+    return state
+
+
+def loader_state(tag_dir: Path, step: int, accum: int, saved_world: int) -> dict:
+    """This rank's loader position after ``step`` optimizer steps of ``accum`` micro-batches. Text
+    streams restart their scan at the earliest position any old rank had reached (every window of
+    the next step lies after it); images need no scan position."""
+    positions = []
+    first = None
+    for r in range(saved_world):
+        st = C.rank_state(tag_dir, "loader", r)
+        first = first or st
+        pos = st.get("pos")
+        if isinstance(pos, list) and len(pos) == 3:
+            positions.append(tuple(int(x) for x in pos))
+    out = {"batches": step * accum, "pos": list(min(positions)) if positions else None}
+    out.update({k: first[k] for k in ("family", "seed", "seq_len") if first and k in first})
+    return out

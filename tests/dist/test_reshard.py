@@ -1,0 +1,69 @@
+"""Resuming on another parallel layout (``pretrain.reshard``): real jobs, real DeepSpeed engines.
+
+One run trains 8 steps with tensor 2 x ZeRO 1 on 2 ranks and checkpoints at step 4. That step-4
+checkpoint is resumed on layouts that share nothing with it but the global batch -- 1 rank with
+ZeRO 3 and offloaded optimizer and parameters; 2 data ranks with ZeRO 0 and a smaller micro
+batch -- and steps 5-8 must give the uninterrupted run's losses and weights, up to the changed
+reduction order.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import torch
+
+from tests.dist.helpers import REPO, assert_close, env, losses, run_train, train_cmd
+
+CONFIG = "configs/gpt/debug-llama.yaml"  # splits over 2 tensor ranks
+
+
+def _args(run_dir, steps: int, extra: list[str] = ()) -> list[str]:
+    return [f"train.run_dir={run_dir}", f"train.steps={steps}", "tracking.enabled=false", "train.log_every=4",
+            "model.dropout=0.0", "train.global_batch_size=16", "data.synthetic_samples=100000", *extra]
+
+
+NEW_LAYOUTS = {
+    "1rank-zero3-offload": (1, ["parallel.zero_stage=3", "parallel.offload_optimizer=true",
+                                "parallel.offload_params=true", "train.micro_batch_size=8"]),
+    "2data-zero0-micro4": (2, ["parallel.zero_stage=0", "train.micro_batch_size=4"]),
+}
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("reshard") / "straight"
+    run_train(CONFIG, _args(run_dir, 8, ["parallel.tensor_size=2", "parallel.zero_stage=1",
+                                         "train.micro_batch_size=8", "checkpoint.every=4"]), nproc=2)
+    assert (run_dir / "checkpoints" / "step00000004" / "complete.json").is_file()
+    return run_dir
+
+
+@pytest.mark.parametrize("name", list(NEW_LAYOUTS))
+def test_resume_on_a_new_layout_continues_the_run(tmp_path, straight, name):
+    from pretrain.models import from_checkpoint
+
+    nproc, layout = NEW_LAYOUTS[name]
+    run_dir = tmp_path / name
+    proc = run_train(CONFIG, _args(run_dir, 8, [*layout, f"checkpoint.resume={straight}/checkpoints/step00000004"]),
+                     nproc=nproc)
+    assert "resumed step00000004 on a new layout" in proc.stdout + proc.stderr
+    resumed = losses(run_dir)
+    assert sorted(resumed) == [5, 6, 7, 8]
+    assert_close(losses(straight), resumed, rel=1e-5, steps=range(5, 9))
+    a = from_checkpoint(straight / "checkpoints" / "step00000008").state_dict()
+    b = from_checkpoint(run_dir / "checkpoints" / "step00000008").state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_a_layout_change_that_would_change_the_run_is_refused_before_start(straight):
+    """Another global batch (or model, or data) is not a continuation: exit 2 naming the fix."""
+    cmd = train_cmd(CONFIG, _args(straight, 8, ["train.global_batch_size=8", "train.micro_batch_size=8",
+                                                "checkpoint.resume=auto"]), nproc=1)
+    proc = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "checkpoint.resume" in proc.stderr and "set train.global_batch_size=16" in proc.stderr
+    assert "[pretrain]" not in proc.stdout  # no rank started
