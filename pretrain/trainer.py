@@ -97,9 +97,11 @@ class Trainer:
         while step < cfg.train.steps:
             step += 1
             loss_sum = 0.0
-            for _ in range(accum):
-                batch = _to_device(next(s.train_iter), s.device, s.float_dtype)
-                loss = s.engine(**batch)
+            batches = [next(s.train_iter) for _ in range(accum)]
+            for batch, weight in zip(batches, self._label_weights(batches, accum)):
+                loss = s.engine(**_to_device(batch, s.device, s.float_dtype))
+                if weight != 1.0:
+                    loss = loss * weight
                 if step in faults:
                     loss = loss * float("nan")
                 s.engine.backward(loss)
@@ -110,8 +112,10 @@ class Trainer:
                 time.sleep(_STEP_SLEEP)  # test hook: lets a test signal or kill a job mid-run
             skipped = s.engine.skipped_steps > s.skipped_before
             s.skipped_before = s.engine.skipped_steps
-            # one small all-reduce: mean loss over data-parallel ranks, and any rank's stop signal
-            stats = torch.tensor([loss_sum / accum, 1.0 if _STOP["signal"] else 0.0], dtype=torch.float64)
+            # one small all-reduce: mean loss over data-parallel ranks, and any rank's stop signal (on
+            # the compute device: NCCL reduces no CPU tensors)
+            stats = torch.tensor([loss_sum / accum, 1.0 if _STOP["signal"] else 0.0], dtype=torch.float64,
+                                 device=s.device)
             if D.world_size() > 1:
                 dist.all_reduce(stats)
             loss_mean = stats[0].item() / D.world_size()
@@ -147,6 +151,21 @@ class Trainer:
         if self.result.stopped_by == "finished" and step > s.start_step:
             self._save(step)
         return self.result
+
+    def _label_weights(self, batches: list[dict], accum: int) -> list[float]:
+        """Per micro-batch loss weights. BERT's loss is a mean over the micro-batch's masked tokens,
+        and their number varies from micro-batch to micro-batch: weighting each by its share of the
+        step's masked tokens on all data ranks makes every masked token count the same, as in one
+        big batch -- so the loss and gradients do not depend on the data x micro x accumulation
+        split (a new layout on resume, more nodes). One scalar all-reduce per step; GPT windows and
+        ViT images all weigh the same already."""
+        if self.s.family != "bert":
+            return [1.0] * len(batches)
+        counts = [int((b["labels"] != -100).sum()) for b in batches]
+        total = D.all_reduce_scalar(sum(counts), group=self.s.mpu.get_data_parallel_group())
+        if total <= 0:
+            return [1.0] * len(batches)
+        return [c * self.s.dp_size * accum / total for c in counts]
 
     # ------------------------------------------------------------------------------------------
     def _record(self, step: int, loss: float, skipped: bool) -> None:
