@@ -236,6 +236,9 @@ def build_setup(cfg: Config) -> Setup:
                   last_logged=state.get("step", 0))
     if resume_dir is None:
         log_run_metadata(tracker, cfg, world, dp)
+    elif any(str(state.get(k)) != str(v) for k, v in layout_tags(cfg, world, dp).items() if k in state):
+        # a resume on another layout: the run's layout tags follow, and say from which step
+        tracker.set_tags({**layout_tags(cfg, world, dp), "layout_changed_at_step": setup.start_step})
     D.print0(f"[pretrain] {cfg.model.family} | world {world} = data {dp} x tensor {cfg.parallel.tensor_size} | "
              f"ZeRO {cfg.parallel.zero_stage} | {precision} | global batch {global_batch(cfg, dp)} | "
              + (f"resumed from {resume_dir} at step {setup.start_step}" if resume_dir else "fresh start"))
@@ -262,6 +265,13 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def layout_tags(cfg: Config, world: int, dp: int) -> dict:
+    """The parallel layout, as MLflow tags and as ``trainer_state.json`` keys."""
+    p = cfg.parallel
+    return {"world_size": world, "data_parallel_size": dp, "tensor_parallel_size": p.tensor_size,
+            "zero_stage": p.zero_stage, "precision": p.precision}
+
+
 def log_run_metadata(tracker, cfg: Config, world: int, dp: int) -> None:
     """Params, tags and config artifacts of a fresh run (rank 0; no-op trackers ignore it)."""
     import json
@@ -273,8 +283,7 @@ def log_run_metadata(tracker, cfg: Config, world: int, dp: int) -> None:
     tracker.set_tags({
         "family": cfg.model.family, "parameters": count_parameters(meta),
         "non_embedding_parameters": count_parameters(meta, non_embedding=True), "git_commit": _git_commit(),
-        "world_size": world, "data_parallel_size": dp, "tensor_parallel_size": cfg.parallel.tensor_size,
-        "zero_stage": cfg.parallel.zero_stage, "precision": cfg.parallel.precision,
+        **layout_tags(cfg, world, dp),
     })
     tracker.log_text(to_yaml(cfg), "config/config.yaml")
     tracker.log_text(json.dumps(deepspeed_config(cfg, world), indent=2), "config/deepspeed.json")

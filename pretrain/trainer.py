@@ -24,7 +24,7 @@ import torch.distributed as dist
 from pretrain import checkpoint as C
 from pretrain import distributed as D
 from pretrain.config import Config, deepspeed_config, dp_size, grad_accum_steps, to_yaml
-from pretrain.train_setup import Setup, build_setup, grad_norm
+from pretrain.train_setup import Setup, build_setup, grad_norm, layout_tags
 
 
 class NonFiniteStop(RuntimeError):
@@ -212,8 +212,7 @@ class Trainer:
         s, cfg = self.s, self.cfg
         state = {
             "step": step, "tokens_seen": s.tokens_seen, "skipped_steps": self.result.skipped_steps,
-            "world_size": D.world_size(), "data_parallel_size": s.dp_size,
-            "tensor_parallel_size": cfg.parallel.tensor_size, "zero_stage": cfg.parallel.zero_stage,
+            **layout_tags(cfg, D.world_size(), s.dp_size),
             "mlflow_run_id": s.tracker.run_id, "family": s.family,
             "last_loss": self.result.losses.get(step), "command": " ".join(sys.argv),
         }

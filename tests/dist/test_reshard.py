@@ -9,6 +9,7 @@ reduction order.
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -20,7 +21,7 @@ CONFIG = "configs/gpt/debug-llama.yaml"  # splits over 2 tensor ranks
 
 
 def _args(run_dir, steps: int, extra: list[str] = ()) -> list[str]:
-    return [f"train.run_dir={run_dir}", f"train.steps={steps}", "tracking.enabled=false", "train.log_every=4",
+    return [f"train.run_dir={run_dir}", f"train.steps={steps}", "train.log_every=4",
             "model.dropout=0.0", "train.global_batch_size=16", "data.synthetic_samples=100000", *extra]
 
 
@@ -32,21 +33,30 @@ NEW_LAYOUTS = {
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory):
+def store(tmp_path_factory):
+    """One local MLflow store: a resumed run continues the run the checkpoint names."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, store):
     run_dir = tmp_path_factory.mktemp("reshard") / "straight"
-    run_train(CONFIG, _args(run_dir, 8, ["parallel.tensor_size=2", "parallel.zero_stage=1",
+    run_train(CONFIG, _args(run_dir, 8, ["parallel.tensor_size=2", "parallel.zero_stage=1", f"tracking.uri={store}",
                                          "train.micro_batch_size=8", "checkpoint.every=4"]), nproc=2)
     assert (run_dir / "checkpoints" / "step00000004" / "complete.json").is_file()
     return run_dir
 
 
 @pytest.mark.parametrize("name", list(NEW_LAYOUTS))
-def test_resume_on_a_new_layout_continues_the_run(tmp_path, straight, name):
+def test_resume_on_a_new_layout_continues_the_run(tmp_path, straight, store, name):
+    from mlflow import MlflowClient
+
     from pretrain.models import from_checkpoint
 
     nproc, layout = NEW_LAYOUTS[name]
     run_dir = tmp_path / name
-    proc = run_train(CONFIG, _args(run_dir, 8, [*layout, f"checkpoint.resume={straight}/checkpoints/step00000004"]),
+    ckpt = straight / "checkpoints" / "step00000004"
+    proc = run_train(CONFIG, _args(run_dir, 8, [*layout, f"checkpoint.resume={ckpt}", f"tracking.uri={store}"]),
                      nproc=nproc)
     assert "resumed step00000004 on a new layout" in proc.stdout + proc.stderr
     resumed = losses(run_dir)
@@ -57,12 +67,18 @@ def test_resume_on_a_new_layout_continues_the_run(tmp_path, straight, name):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    # the same MLflow run goes on, its layout tags now this job's
+    run_id = json.loads((ckpt / "trainer_state.json").read_text())["mlflow_run_id"]
+    tags = MlflowClient(store).get_run(run_id).data.tags
+    zero = next(o.split("=")[1] for o in layout if o.startswith("parallel.zero_stage"))
+    assert (tags["world_size"], tags["tensor_parallel_size"], tags["zero_stage"]) == (str(nproc), "1", zero)
+    assert tags["layout_changed_at_step"] == "4"
 
 
 def test_a_layout_change_that_would_change_the_run_is_refused_before_start(straight):
     """Another global batch (or model, or data) is not a continuation: exit 2 naming the fix."""
     cmd = train_cmd(CONFIG, _args(straight, 8, ["train.global_batch_size=8", "train.micro_batch_size=8",
-                                                "checkpoint.resume=auto"]), nproc=1)
+                                                "checkpoint.resume=auto", "tracking.enabled=false"]), nproc=1)
     proc = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "checkpoint.resume" in proc.stderr and "set train.global_batch_size=16" in proc.stderr
