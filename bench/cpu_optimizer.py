@@ -15,7 +15,7 @@ default; built on the meta device), on the same tensors, with each candidate in 
 
 and checks that every candidate gives the same weights as ``torch_default`` after the steps.
 
-    python bench/cpu_optimizer.py --config configs/gpt/gpt2-124m.yaml --steps 5 --json out.json
+    python bench/cpu_optimizer.py --config configs/gpt/gpt2-124m.yaml --steps 5 --out out.json
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--only", default="torch_default,torch_foreach,torch_fused,deepspeed_cpu_adam")
-    p.add_argument("--json")
+    p.add_argument("--out", "--json", dest="out", default=None, help="also write the JSON here")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     shapes = model_shapes(a.config, a.overrides)
@@ -104,8 +104,8 @@ def main() -> int:
               f"(construct {r['construct_s']:.1f} s)", flush=True)
     out = {"bench": "cpu_optimizer", "config": a.config, "overrides": a.overrides, "threads": a.threads,
            "torch": torch.__version__, "results": results}
-    if a.json:
-        with open(a.json, "w") as f:
+    if a.out:
+        with open(a.out, "w") as f:
             json.dump(out, f, indent=2)
     return 0
 

@@ -9,7 +9,7 @@ both ratios:
     peak_over_fp32      = peak RSS / (parameters x 4 bytes)
     working_over_fp32   = (peak RSS - RSS after imports) / (parameters x 4 bytes)
 
-    python bench/export_memory.py --hidden 768 --layers 12 --vocab 32000 --stage 3 --tp 2 --json out.json
+    python bench/export_memory.py --hidden 768 --layers 12 --vocab 32000 --stage 3 --tp 2 --out out.json
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def main() -> int:
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--stage", type=int, default=3)
     p.add_argument("--tp", type=int, default=2)
-    p.add_argument("--json", default=None, help="also write the result here")
+    p.add_argument("--out", "--json", dest="out", default=None, help="also write the JSON here")
     p.add_argument("--workdir", default=None, help="where the temporary run and exports go")
     a = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="export-mem-", dir=a.workdir) as tmp:
@@ -92,8 +92,8 @@ def main() -> int:
     print(f"export of {params / 1e6:.1f}M params (fp32 {fp32 / 2**20:.0f} MiB, ZeRO {a.stage}, tensor {a.tp}): "
           f"peak RSS {hf['peak_rss'] / 2**20:.0f} MiB = {hf['peak_over_fp32']}x fp32 "
           f"({hf['working_over_fp32']}x above the {hf['baseline_rss'] / 2**20:.0f} MiB after imports)")
-    if a.json:
-        Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
+    if a.out:
+        Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

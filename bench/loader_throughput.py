@@ -10,7 +10,7 @@ RandomResizedCrop + flip + normalise), with 0 and N loader workers.
 The figure to compare is what one GPU consumes: e.g. GPT-2 124M at 45% MFU on an H100 trains about
 0.99e15 x 0.45 / (6 x 124e6 + attention) ~ 500k tokens/s; a ViT-B/16 ~ 3k images/s.
 
-    python bench/loader_throughput.py --workers 0,2 --json out.json
+    python bench/loader_throughput.py --workers 0,2 --out out.json
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def main() -> int:
     p.add_argument("--workers", default="0,2")
     p.add_argument("--batches", type=int, default=60)
     p.add_argument("--only", default="gpt,bert,vit")
-    p.add_argument("--json")
+    p.add_argument("--out", "--json", dest="out", default=None, help="also write the JSON here")
     a = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     results = []
@@ -139,8 +139,8 @@ def main() -> int:
                 results.append(r)
                 print(f"{kind:>5s} workers={w}: {r['per_s']:>12,.0f} {unit}/s  ({r['units']:,} {unit} in "
                       f"{r['seconds']:.2f} s)", flush=True)
-    if a.json:
-        Path(a.json).write_text(json.dumps({"bench": "loader_throughput", "cpus": os.cpu_count(), "results": results},
+    if a.out:
+        Path(a.out).write_text(json.dumps({"bench": "loader_throughput", "cpus": os.cpu_count(), "results": results},
                                            indent=2) + "\n")
     return 0
 

@@ -324,7 +324,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pages", type=int, default=60)
     p.add_argument("--articles", type=int, default=100)
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", default=None, help="folder for the generated inputs and work files (default: a temp dir)")
     p.add_argument("--skip-ray", action="store_true")
     p.add_argument("--datatrove-only", action="store_true", help="only the comparison with datatrove")
     args = p.parse_args()
