@@ -1,4 +1,4 @@
-"""Resume a checkpoint on another parallel layout: data size, tensor size, ZeRO stage, precision.
+"""Resume a checkpoint on another layout: data size, tensor size, ZeRO stage, precision, batch.
 
 DeepSpeed's ``load_checkpoint`` restores a checkpoint bit for bit, but only into the layout that
 wrote it: ZeRO's optimizer files are flat partitions cut for one data size, and tensor shards for
@@ -11,12 +11,14 @@ to this rank's tensor shard, and written into whatever the new engine keeps: the
 themselves (ZeRO 0, fp32), DeepSpeed's fp32 master copies (ZeRO 0, bf16/fp16), or its flat
 partitions (ZeRO 1/2/3). The LR schedule and DeepSpeed's step/sample counters carry over.
 
-The data order does not depend on the layout (``pretrain.data.loader``): at the same global batch,
-step ``k`` reads the same items for every data x micro-batch x accumulation split. So the loader
-restarts at micro-batch ``step x accumulation`` of this rank and the run sees exactly the batches
-the old layout would have read; losses then match the uninterrupted run up to the changed
-reduction order. What does not carry over: the per-rank RNG streams (dropout reseeds from seed,
-step and rank) and fp16's dynamic loss scale (it re-calibrates from its initial value).
+The data order does not depend on the layout (``pretrain.data.loader``): one global stream of
+items (text windows, images) is dealt to the ranks. The loader continues that stream at the first
+item not yet read, whatever the new data size, micro-batch or global batch. At the same global
+batch the run therefore sees exactly the batches the old layout would have read, and losses match
+the uninterrupted run up to the changed reduction order; with another global batch (more nodes,
+a batch-size ramp) nothing is skipped or read twice, and the LR schedule goes on by step. What
+does not carry over: the per-rank RNG streams (dropout reseeds from seed, step and rank) and fp16's
+dynamic loss scale (it re-calibrates from its initial value).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data_pipeline.shards import sha256_file
 from pretrain import checkpoint as C
 from pretrain import distributed as D
 from pretrain.config import Config, global_batch, load_config
@@ -47,25 +50,33 @@ def saved_layout(tag_dir: Path) -> tuple[Config, dict]:
     return saved, layout(saved, int(state["world_size"]))
 
 
-def check_compatible(tag_dir: Path, saved: Config, saved_world: int, cfg: Config, dp: int) -> None:
-    """A layout change keeps the model, the data stream and the global batch; anything else would
-    not be a continuation of the same run. Raises ``CheckpointError`` naming what differs."""
+def new_batch_geometry(saved: Config, cfg: Config, saved_world: int, world: int) -> bool:
+    """Whether the micro-batch or the global batch changed (the loader position is then remapped)."""
+    old = (saved.train.micro_batch_size, global_batch(saved, saved_world // saved.parallel.tensor_size))
+    return old != (cfg.train.micro_batch_size, global_batch(cfg, world // cfg.parallel.tensor_size))
+
+
+def check_compatible(tag_dir: Path, saved: Config, cfg: Config) -> None:
+    """A new layout or batch geometry keeps the model, the data stream and the seed; anything else
+    would not continue the same run. Raises ``CheckpointError`` naming what differs."""
     problems = []
     if saved.model != cfg.model:
         a, b = saved.model.model_dump(), cfg.model.model_dump()
         problems += [f"model.{k}: checkpoint {a[k]!r}, this job {b[k]!r}" for k in a if a[k] != b.get(k)]
-    old_dp = saved_world // saved.parallel.tensor_size
-    if global_batch(saved, old_dp) != global_batch(cfg, dp):
-        problems.append(f"global batch: checkpoint {global_batch(saved, old_dp)}, this job {global_batch(cfg, dp)} "
-                        f"(set train.global_batch_size={global_batch(saved, old_dp)})")
-    for key in ("seq_len", "source", "path", "synthetic_samples", "shuffle_buffer"):
-        a, b = getattr(saved.data, key, None), getattr(cfg.data, key, None)
+    for key in ("source", "seq_len", "shuffle_buffer") + (("synthetic_samples",) if cfg.data.source == "synthetic" else ()):
+        a, b = getattr(saved.data, key), getattr(cfg.data, key)
         if a != b:
             problems.append(f"data.{key}: checkpoint {a!r}, this job {b!r}")
+    if cfg.data.source == "shards" and saved.data.source == "shards":
+        want = C.read_json(tag_dir, "data.json").get("manifest_sha256")
+        have = sha256_file(Path(cfg.data.path) / "manifest.json")
+        if want and want != have:
+            problems.append(f"data.path: {cfg.data.path}/manifest.json is not the manifest the checkpoint was "
+                            "trained on (sha256 differs)")
     if saved.train.seed != cfg.train.seed:
         problems.append(f"train.seed: checkpoint {saved.train.seed}, this job {cfg.train.seed}")
     if problems:
-        raise C.CheckpointError(f"{tag_dir}: cannot resume on a new layout: " + "; ".join(problems)
+        raise C.CheckpointError(f"{tag_dir}: cannot continue this run on a new layout: " + "; ".join(problems)
                                 + ". To start a different run from these weights use checkpoint.init_from.")
 
 
@@ -77,8 +88,8 @@ def preflight(cfg: Config, world: int) -> Path | None:
     if tag_dir is None:
         return None
     saved, old = saved_layout(tag_dir)
-    if old != layout(cfg, world) or saved.train.micro_batch_size != cfg.train.micro_batch_size:
-        check_compatible(tag_dir, saved, old["world"], cfg, world // cfg.parallel.tensor_size)
+    if old != layout(cfg, world) or new_batch_geometry(saved, cfg, old["world"], world):
+        check_compatible(tag_dir, saved, cfg)
     return tag_dir
 
 
@@ -198,7 +209,7 @@ def _shape(param) -> torch.Size:
 # ----------------------------------------------------------------------------------------------
 # the whole restore
 # ----------------------------------------------------------------------------------------------
-def restore(engine, loader, tag_dir: Path, cfg: Config, mpu, accum: int) -> dict:
+def restore(engine, loader, tag_dir: Path, cfg: Config, mpu) -> dict:
     """Load ``tag_dir`` (any layout) into this rank's ``engine`` and ``loader``; collective only in
     DeepSpeed's ZeRO 3 bookkeeping. Returns the checkpoint's trainer state."""
     from pretrain.consolidate import CheckpointReader
@@ -206,7 +217,7 @@ def restore(engine, loader, tag_dir: Path, cfg: Config, mpu, accum: int) -> dict
     state = C.read_json(tag_dir, "trainer_state.json")
     saved, old = saved_layout(tag_dir)
     dp = mpu.get_data_parallel_world_size()
-    check_compatible(tag_dir, saved, old["world"], cfg, dp)
+    check_compatible(tag_dir, saved, cfg)
     step = int(state["step"])
     stage = old["zero_stage"]
     tp_rank, tp = mpu.get_model_parallel_rank(), mpu.get_model_parallel_world_size()
@@ -231,7 +242,7 @@ def restore(engine, loader, tag_dir: Path, cfg: Config, mpu, accum: int) -> dict
         for group, lr in zip(engine.lr_scheduler.optimizer.param_groups, engine.lr_scheduler.get_last_lr()):
             group["lr"] = lr  # the LR the next step uses, as the uninterrupted run's last step left it
 
-    loader.load_state_dict(loader_state(tag_dir, step, accum, int(old["world"])))
+    continue_data(loader, tag_dir, saved, cfg, int(old["world"]))
     seed = cfg.train.seed * 1_000_003 + step * 1_009 + D.rank()
     random.seed(seed), np.random.seed(seed % 2**32), torch.manual_seed(seed)
     D.print0(f"[pretrain] resumed {tag_dir.name} on a new layout: world {old['world']} -> {D.world_size()}, "
@@ -240,18 +251,33 @@ def restore(engine, loader, tag_dir: Path, cfg: Config, mpu, accum: int) -> dict
     return state
 
 
-def loader_state(tag_dir: Path, step: int, accum: int, saved_world: int) -> dict:
-    """This rank's loader position after ``step`` optimizer steps of ``accum`` micro-batches. Text
-    streams restart their scan at the earliest position any old rank had reached (every window of
-    the next step lies after it); images need no scan position."""
-    positions = []
-    first = None
-    for r in range(saved_world):
-        st = C.rank_state(tag_dir, "loader", r)
-        first = first or st
-        pos = st.get("pos")
-        if isinstance(pos, list) and len(pos) == 3:
-            positions.append(tuple(int(x) for x in pos))
-    out = {"batches": step * accum, "pos": list(min(positions)) if positions else None}
-    out.update({k: first[k] for k in ("family", "seed", "seq_len") if first and k in first})
+def continue_data(loader, tag_dir: Path, saved: Config, cfg: Config, saved_world: int) -> None:
+    """Point ``loader`` at the first item of the data stream the checkpoint's run had not read."""
+    state = loader_state(tag_dir, saved_world)
+    loader.load_state_dict(state)
+    old_g = global_batch(saved, saved_world // saved.parallel.tensor_size)
+    new_g = global_batch(cfg, D.world_size() // cfg.parallel.tensor_size)
+    D.print0(f"[pretrain] data stream continues at item {state['offset']:,} (global batch {old_g} -> {new_g}, "
+             f"micro-batch {saved.train.micro_batch_size} -> {cfg.train.micro_batch_size})")
+
+
+def loader_state(tag_dir: Path, saved_world: int) -> dict:
+    """A loader state that continues the checkpoint's data stream under any batch geometry: every
+    item read so far (``offset`` + batches x micro-batch x data size of the old geometry, the same
+    on every old rank at a step boundary) becomes the new ``offset``, and batch counting restarts.
+    Text streams restart their scan at the earliest position any old rank had reached (every later
+    window lies after it); images need no scan position."""
+    states = [C.rank_state(tag_dir, "loader", r) for r in range(saved_world)]
+    first = states[0]
+    try:
+        consumed = {int(st.get("offset", 0)) + int(st["batches"]) * int(st["batch_size"]) * int(st["dp_size"])
+                    for st in states}
+    except KeyError as e:
+        raise C.CheckpointError(f"{tag_dir}/loader: a rank's loader state lacks {e} (written by an older version)") from None
+    if len(consumed) != 1:
+        raise C.CheckpointError(f"{tag_dir}/loader: ranks disagree on the items read ({sorted(consumed)})")
+    positions = [tuple(int(x) for x in st["pos"]) for st in states
+                 if isinstance(st.get("pos"), list) and len(st["pos"]) == 3]
+    out = {"batches": 0, "offset": consumed.pop(), "pos": list(min(positions)) if positions else None}
+    out.update({k: first[k] for k in ("family", "seed", "seq_len") if k in first})
     return out

@@ -15,7 +15,7 @@ from torch import nn
 from data_pipeline.shards import sha256_file
 from pretrain import checkpoint as C
 from pretrain import distributed as D
-from pretrain.config import Config, deepspeed_config, global_batch, grad_accum_steps, to_yaml
+from pretrain.config import Config, deepspeed_config, global_batch, to_yaml
 
 
 class LossModule(nn.Module):
@@ -223,7 +223,7 @@ def build_setup(cfg: Config) -> Setup:
 
     state: dict = {}
     if resume_dir is not None:
-        state = _restore(engine, loader, resume_dir, cfg, mpu, grad_accum_steps(cfg, dp))
+        state = _restore(engine, loader, resume_dir, cfg, mpu)
     items, flops_per_item = _items_and_flops(cfg, dp)
     precision = cfg.parallel.precision
     float_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
@@ -291,24 +291,24 @@ def log_run_metadata(tracker, cfg: Config, world: int, dp: int) -> None:
         tracker.log_artifact(str(Path(cfg.data.path) / "manifest.json"), "data")
 
 
-def _restore(engine, loader, tag_dir: Path, cfg: Config, mpu, accum: int) -> dict:
+def _restore(engine, loader, tag_dir: Path, cfg: Config, mpu) -> dict:
     """Resume from ``tag_dir``: bit for bit through DeepSpeed's own loader when the layout (world,
     tensor size, ZeRO stage, precision) is the checkpoint's, else resharded (``pretrain.reshard``)."""
     from pretrain import reshard
 
     saved, old = reshard.saved_layout(tag_dir)
     if old != reshard.layout(cfg, D.world_size()):
-        return reshard.restore(engine, loader, tag_dir, cfg, mpu, accum)
+        return reshard.restore(engine, loader, tag_dir, cfg, mpu)
     state = C.read_json(tag_dir, "trainer_state.json")
     with C.weights_only_loads(tag_dir):
         load_path, _ = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name, load_optimizer_states=True,
                                               load_lr_scheduler_states=True)
     if load_path is None:
         raise C.CheckpointError(f"{tag_dir}: DeepSpeed could not load this checkpoint")
-    if saved.train.micro_batch_size == cfg.train.micro_batch_size:
+    if not reshard.new_batch_geometry(saved, cfg, old["world"], D.world_size()):
         loader.load_state_dict(C.rank_state(tag_dir, "loader", D.rank()))
         C.set_rng_state(C.rank_state(tag_dir, "rng", D.rank()))
-    else:  # same engine layout, another micro x accumulation split of the same global batch
-        reshard.check_compatible(tag_dir, saved, old["world"], cfg, mpu.get_data_parallel_world_size())
-        loader.load_state_dict(reshard.loader_state(tag_dir, state["step"], accum, old["world"]))
+    else:  # same engine layout, another micro-batch or global batch
+        reshard.check_compatible(tag_dir, saved, cfg)
+        reshard.continue_data(loader, tag_dir, saved, cfg, old["world"])
     return state

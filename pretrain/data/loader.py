@@ -13,9 +13,12 @@ With ``num_workers = W > 0`` a torch ``DataLoader`` runs W copies of the stream;
 only batches ``start + w + k*W`` (skipping the others without decoding them) and the DataLoader's
 in-order round-robin hands them back as ``start, start+1, ...``.
 
-State is ``{"batches": n, "pos": ...}``: how many batches this rank consumed, and (text) where to
-restart the scan. ``load_state_dict`` then rebuilds the stream from batch ``n``, so a resumed loader
-yields exactly the batches the uninterrupted one would have yielded next.
+State is ``{"batches": n, "pos": ..., "offset": o}``: how many batches this rank consumed, (text)
+where to restart the scan, and the global items consumed before this batch geometry began.
+``load_state_dict`` then rebuilds the stream from batch ``n``, so a resumed loader yields exactly
+the batches the uninterrupted one would have yielded next. A resume with another global batch
+(``pretrain.reshard.loader_state``) sets ``offset`` to every item read so far and ``n = 0``:
+the new geometry deals the stream from there, nothing skipped, nothing read twice.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ class StreamSpec:
     vocab_size: int = 512
     num_classes: int = 1000
     tokenizer: dict = field(default_factory=dict)
+    offset: int = 0  # global items (text windows, images) consumed before this batch geometry began
 
     def open_source(self):
         if self.source == "shards":
@@ -98,7 +102,7 @@ def _text_batches(spec: StreamSpec, source, start: dict, owns) -> Iterator[dict]
         window = text_mod.bert_window(spec.seq_len, specials)
         if specials.mask_id is None:
             raise ValueError("BERT masking needs a mask_id in the manifest tokenizer")
-    layout = text_mod.Layout(window, spec.batch_size, spec.dp_rank, spec.dp_size)
+    layout = text_mod.Layout(window, spec.batch_size, spec.dp_rank, spec.dp_size, spec.offset)
     pos = tuple(start.get("pos") or (0, 0, 0))
     for b, windows, bpos, ids in text_mod.packed_batches(source, order, specials, layout, pos, owns,
                                                          finite=not spec.train):
@@ -112,7 +116,7 @@ def _text_batches(spec: StreamSpec, source, start: dict, owns) -> Iterator[dict]
 
 
 def _image_batches(spec: StreamSpec, source, start: dict, owns) -> Iterator[dict]:
-    """Rank ``r``'s ``q``-th sample is global sample ``G = q*D + r`` of the stream that runs on across
+    """Rank ``r``'s ``q``-th sample is global sample ``G = offset + q*D + r`` of the stream that runs on across
     epochs (epoch ``G // N``, place ``G % N``), so train batches are layout-invariant like text's and no
     sample is dropped at epoch ends; a finite pass takes epoch 0 cut to ``N // D`` samples per rank."""
     order = EpochOrder(source.counts(), spec.seed, spec.train, spec.shuffle_buffer)
@@ -128,7 +132,7 @@ def _image_batches(spec: StreamSpec, source, start: dict, owns) -> Iterator[dict
         if owns(b):
             arrays, labels = [], []
             for q in range(lo, hi):
-                epoch, i = divmod(q * d + r, n)
+                epoch, i = divmod(spec.offset + q * d + r, n)
                 shard, index = (int(x) for x in order.refs(epoch)[i])
                 img, label = source.image(shard, index)
                 if spec.train:
@@ -220,7 +224,7 @@ class Loader:
         s = self.spec
         return {"version": STATE_VERSION, "batches": self._state["batches"], "pos": self._state["pos"],
                 "family": s.family, "split": s.split, "seed": s.seed, "dp_rank": s.dp_rank, "dp_size": s.dp_size,
-                "batch_size": s.batch_size, "seq_len": s.seq_len}
+                "batch_size": s.batch_size, "seq_len": s.seq_len, "offset": s.offset}
 
     def load_state_dict(self, state: dict) -> None:
         s = self.spec
@@ -230,4 +234,5 @@ class Loader:
                 raise ValueError(f"data loader state has {key}={state[key]!r} but this loader has {mine!r}; "
                                  f"resume with the same data settings and parallel layout")
         self.close()
+        self.spec.offset = int(state.get("offset", 0))
         self._state = {"batches": int(state["batches"]), "pos": state.get("pos")}

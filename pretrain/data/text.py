@@ -7,7 +7,8 @@ labels ``w[1:]``; ``L = seq_len - 2`` for BERT, framed as ``[CLS] w [SEP]``). No
 epoch ends: a window may hold the end of one epoch and the start of the next.
 
 Global window ``w`` goes to data-parallel rank ``w % D``; a rank's ``q``-th window is global window
-``q*D + r`` and its batch ``b`` holds its windows ``b*B .. b*B+B-1``. So an optimizer step of ``A``
+``q*D + r`` and its batch ``b`` holds its windows ``b*B .. b*B+B-1`` (all shifted by ``offset``
+after a resume with another global batch, see ``Layout``). So an optimizer step of ``A``
 micro-batches on every rank covers global windows ``[k*B*A*D, (k+1)*B*A*D)`` -- the same set for any
 ``D`` x ``B`` with the same product, which is what makes tensor 2 x data 2 equal tensor 1 x data 4.
 A finite (eval) pass uses epoch 0 only, cut to a multiple of ``D`` whole windows, so every rank gets
@@ -51,25 +52,28 @@ class TextSpecials:
 
 @dataclass
 class Layout:
-    """How the global window stream is cut and dealt: window length, micro-batch size, DP place."""
+    """How the global window stream is cut and dealt: window length, micro-batch size, DP place,
+    and ``offset``, the windows consumed before this batch geometry began (a resume with another
+    global batch): dealing starts at window ``offset``, which becomes batch 0's first."""
 
     window: int
     batch: int
     dp_rank: int = 0
     dp_size: int = 1
+    offset: int = 0
 
     def owned(self, s: int, e: int, owns: Callable[[int], bool], limit: int | None) -> list[int]:
         """Global windows overlapping stream range ``[s, e)`` that this rank owns, in batches ``owns``
         accepts, below ``limit`` (finite passes)."""
-        lo, hi = s // self.window, (e - 1) // self.window
+        lo, hi = max(s // self.window, self.offset), (e - 1) // self.window
         if limit is not None:
             hi = min(hi, limit - 1)
         d, r = self.dp_size, self.dp_rank
-        first = lo + (r - lo) % d
+        first = lo + (self.offset + r - lo) % d  # the first w >= lo with (w - offset) % d == r
         return [w for w in range(first, hi + 1, d) if owns(self.batch_of(w))]
 
     def batch_of(self, w: int) -> int:
-        return (w // self.dp_size) // self.batch
+        return ((w - self.offset) // self.dp_size) // self.batch
 
 
 def stream_len(doc_lengths: list[int]) -> int:

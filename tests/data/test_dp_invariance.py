@@ -148,3 +148,41 @@ def test_a_rank_reads_only_its_own_windows_tokens(text_root, family, window):
     # together the ranks read exactly the non-EOS tokens of the first dp*batches*2 windows
     wanted = {p for ps in per_sample.values() for p in ps if p < dp * batches * 2 * window}
     assert set().union(*read_by_rank) == wanted
+
+
+@pytest.mark.parametrize("family", ["gpt", "bert", "vit"])
+def test_a_new_batch_geometry_continues_the_stream_where_it_stopped(text_root, image_root, tmp_path, family):
+    """Resume with another data size, micro-batch and global batch (2 x 2 -> 3 x 3): rank ``r``'s
+    row ``i`` of batch ``j`` must be global item ``offset + (j*B + i)*D + r`` of the one stream, where
+    ``offset`` counts every item the old geometry read -- nothing skipped, nothing read twice, masks
+    and augmentations those of the item -- also past an epoch end and from a mid-stream scan."""
+    import json
+
+    from pretrain.reshard import loader_state
+
+    root = image_root if family == "vit" else text_root[0]
+    stream = build_loader(cfg_for(root, family, 1), "train", 0, 1, train=True)  # item g = batch g
+    reference = [rows_of(next(stream))[0] for _ in range(100)]
+
+    tag = tmp_path / "step"
+    (tag / "loader").mkdir(parents=True)
+    old_batches = 5
+    for r in range(2):
+        loader = build_loader(cfg_for(root, family, 2), "train", r, 2, train=True)
+        for _ in range(old_batches):
+            next(loader)
+        (tag / "loader" / f"rank_{r:05d}.json").write_text(json.dumps(loader.state_dict()))
+    offset = old_batches * 2 * 2
+
+    state = loader_state(tag, 2)
+    assert state["offset"] == offset and state["batches"] == 0
+    for r in range(3):
+        loader = build_loader(cfg_for(root, family, 3), "train", r, 3, train=True)
+        loader.load_state_dict(state)
+        for j in range(8):
+            for i, row in enumerate(rows_of(next(loader))):
+                assert row == reference[offset + (j * 3 + i) * 3 + r], (r, j, i)
+        # and a plain resume of the new geometry carries its offset on
+        again = build_loader(cfg_for(root, family, 3), "train", r, 3, train=True)
+        again.load_state_dict(json.loads(json.dumps(loader.state_dict())))
+        assert rows_of(next(again))[0] == reference[offset + (8 * 3) * 3 + r]

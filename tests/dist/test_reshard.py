@@ -75,11 +75,23 @@ def test_resume_on_a_new_layout_continues_the_run(tmp_path, straight, store, nam
     assert tags["layout_changed_at_step"] == "4"
 
 
-def test_a_layout_change_that_would_change_the_run_is_refused_before_start(straight):
-    """Another global batch (or model, or data) is not a continuation: exit 2 naming the fix."""
-    cmd = train_cmd(CONFIG, _args(straight, 8, ["train.global_batch_size=8", "train.micro_batch_size=8",
-                                                "checkpoint.resume=auto", "tracking.enabled=false"]), nproc=1)
+def test_a_change_that_would_make_another_run_is_refused_before_start(straight):
+    """Another seed (or model, or data) is not a continuation: exit 2 naming the field, no rank started."""
+    cmd = train_cmd(CONFIG, _args(straight, 8, ["train.seed=7", "checkpoint.resume=auto", "tracking.enabled=false"]),
+                    nproc=1)
     proc = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "checkpoint.resume" in proc.stderr and "set train.global_batch_size=16" in proc.stderr
-    assert "[pretrain]" not in proc.stdout  # no rank started
+    assert "checkpoint.resume" in proc.stderr and "train.seed: checkpoint 1234, this job 7" in proc.stderr
+    assert "[pretrain]" not in proc.stdout
+
+
+def test_another_global_batch_continues_the_data_stream(tmp_path, straight):
+    """More nodes, bigger batch: 2 steps at global batch 32 after 4 at 16 read items 64.. on."""
+    run_dir = tmp_path / "bigger"
+    proc = run_train(CONFIG, _args(run_dir, 6, ["train.global_batch_size=32", "train.micro_batch_size=16",
+                                                "parallel.zero_stage=2", "tracking.enabled=false",
+                                                f"checkpoint.resume={straight}/checkpoints/step00000004"]), nproc=2)
+    assert "data stream continues at item 64 (global batch 16 -> 32, micro-batch 8 -> 16)" in proc.stdout
+    assert sorted(losses(run_dir)) == [5, 6]
+    state = json.loads((run_dir / "checkpoints" / "step00000006" / "trainer_state.json").read_text())
+    assert state["tokens_seen"] == (4 * 16 + 2 * 32) * 64
