@@ -169,6 +169,11 @@ class _Writer:
         else:
             raise C.CheckpointError(f"resuming on a new layout does not know DeepSpeed's {type(opt).__name__}")
 
+    def holds_state(self, param) -> bool:
+        """Whether this rank keeps optimizer state for any of ``param`` (ZeRO 1/2 ranks own a
+        fragment of some parameters only; the others' moments need not even be read)."""
+        return self.kind != "zero12" or getattr(param, "_hp_mapping", None) is not None
+
     @torch.no_grad()
     def set(self, param: torch.nn.Parameter, weight: torch.Tensor, moments: dict[str, torch.Tensor]) -> None:
         from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
@@ -229,7 +234,8 @@ def restore(engine, loader, tag_dir: Path, cfg: Config, mpu) -> dict:
         if weight.shape != _shape(param):
             raise C.CheckpointError(f"{tag_dir}: {name} has shape {tuple(weight.shape)} for tensor rank {tp_rank}, "
                                     f"the model here {tuple(_shape(param))}")
-        moments = {f: _local(readers[f].tensor(name), name, cfg, tp_rank, tp) for f in MOMENTS}
+        moments = {f: _local(readers[f].tensor(name), name, cfg, tp_rank, tp) for f in MOMENTS} \
+            if writer.holds_state(param) else {}
         writer.set(param, weight, moments)
     writer.finish()
 
