@@ -155,9 +155,12 @@ class _Writer:
             self.kind = "zero3"
             for i, flat in enumerate(opt.fp32_partitioned_groups_flat):  # joins its group only during step()
                 _new_adam_state(opt.optimizer, flat, step, opt.optimizer.param_groups[opt.sub_group_to_group_id[i]])
-        elif hasattr(opt, "single_partition_of_fp32_groups"):  # ZeRO 1/2
+        elif hasattr(opt, "single_partition_of_fp32_groups") or hasattr(opt, "fp32_groups_flat_partition"):
+            # ZeRO 1/2, or DeepSpeed's BF16_Optimizer (bf16 with fp32 gradient accumulation): flat fp32
+            # partitions, each parameter mapped onto its fragment (``_hp_mapping``)
             self.kind = "zero12"
-            for flat in opt.single_partition_of_fp32_groups:
+            flats = getattr(opt, "single_partition_of_fp32_groups", None) or opt.fp32_groups_flat_partition
+            for flat in flats:
                 _new_adam_state(opt.optimizer, flat, step)
             opt._hp_optimizer_states_linked = False
             opt._lazy_init_hp_params_optimizer_state()  # points each parameter's fragments at that state
