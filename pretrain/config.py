@@ -175,6 +175,9 @@ class TrainConfig(Section):
     steps: int = Field(100, ge=1)
     micro_batch_size: int = Field(4, ge=1)
     global_batch_size: int | None = Field(None, ge=1)  # None = micro x data-parallel (no accumulation)
+    # Megatron's --rampup-batch-size [start, increment, samples]: the global batch starts at `start`
+    # and grows by `increment`, evenly over the first `samples` samples, up to global_batch_size
+    batch_rampup: list[int] | None = None
     seed: int = 1234
     log_every: int = Field(10, ge=1)
     eval_every: int = Field(0, ge=0)  # 0 = no periodic evaluation
@@ -297,7 +300,36 @@ def _dp_size(cfg: Config, world_size: int) -> int:
         _fail("parallel.tensor_size", tp, f"must divide the world size {world_size}")
     dp = world_size // tp
     _grad_accum_steps(cfg, dp)
+    _check_rampup(cfg, dp)
     return dp
+
+
+def _check_rampup(cfg: Config, dp: int) -> None:
+    r = cfg.train.batch_rampup
+    if r is None:
+        return
+    unit = cfg.train.micro_batch_size * dp
+    final = unit * _grad_accum_steps(cfg, dp)
+    if len(r) != 3 or min(r) < 1:
+        _fail("train.batch_rampup", r, "must be [start, increment, samples], three positive integers")
+    start, inc, _ = r
+    if start >= final or (final - start) % inc:
+        _fail("train.batch_rampup", r, f"start must be below train.global_batch_size ({final}) and reach it "
+                                       "in whole increments")
+    if start % unit or inc % unit:
+        _fail("train.batch_rampup", r, f"start and increment must be multiples of train.micro_batch_size x "
+                                       f"data-parallel size = {unit}")
+
+
+def global_batch_at(cfg: Config, dp: int, samples_seen: int) -> int:
+    """The global batch of the next step after ``samples_seen`` samples (``train.batch_rampup``,
+    as Megatron: ``start + floor(samples_seen / (samples / increments)) x increment``, capped)."""
+    final = global_batch(cfg, dp)
+    if cfg.train.batch_rampup is None:
+        return final
+    start, inc, ramp = cfg.train.batch_rampup
+    per_increment = ramp / ((final - start) // inc)
+    return min(final, start + int(samples_seen // per_increment) * inc)
 
 
 def _grad_accum_steps(cfg: Config, dp: int) -> int:

@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from pretrain import checkpoint as C
 from pretrain import distributed as D
-from pretrain.config import Config, deepspeed_config, dp_size, grad_accum_steps, to_yaml
+from pretrain.config import Config, deepspeed_config, dp_size, global_batch, global_batch_at, grad_accum_steps, to_yaml
 from pretrain.train_setup import Setup, build_setup, grad_norm, layout_tags
 
 
@@ -89,7 +89,7 @@ class Trainer:
         cfg, s = self.cfg, self.s
         _install_signal_handlers()
         faults = _fault_steps()
-        accum = grad_accum_steps(cfg, s.dp_size)
+        ramp = cfg.train.batch_rampup is not None
         step = s.start_step
         self.result.start_step = step
         nonfinite_in_row = 0
@@ -97,8 +97,11 @@ class Trainer:
         while step < cfg.train.steps:
             step += 1
             loss_sum = 0.0
+            accum = self._accumulation(ramp)
             batches = [next(s.train_iter) for _ in range(accum)]
-            for batch, weight in zip(batches, self._label_weights(batches, accum)):
+            for i, (batch, weight) in enumerate(zip(batches, self._label_weights(batches, accum))):
+                if ramp:  # the boundary from this step's own count, not DeepSpeed's running micro-step count
+                    s.engine.set_gradient_accumulation_boundary(i == accum - 1)
                 loss = s.engine(**_to_device(batch, s.device, s.float_dtype))
                 if weight != 1.0:
                     loss = loss * weight
@@ -107,7 +110,7 @@ class Trainer:
                 s.engine.backward(loss)
                 s.engine.step()
                 loss_sum += float(loss.detach().float().item())
-            s.tokens_seen += s.items_per_step
+            s.tokens_seen += accum * self._micro_items
             if _STEP_SLEEP:
                 time.sleep(_STEP_SLEEP)  # test hook: lets a test signal or kill a job mid-run
             skipped = s.engine.skipped_steps > s.skipped_before
@@ -151,6 +154,23 @@ class Trainer:
         if self.result.stopped_by == "finished" and step > s.start_step:
             self._save(step)
         return self.result
+
+    @property
+    def _micro_items(self) -> int:
+        """Tokens (text) or images (ViT) of one micro-batch over all data ranks."""
+        return self.s.items_per_step // grad_accum_steps(self.cfg, self.s.dp_size)
+
+    def _accumulation(self, ramp: bool) -> int:
+        """Micro-batches of the next step: fixed, or per ``train.batch_rampup`` from the samples
+        seen so far (DeepSpeed's global batch is moved along with it)."""
+        cfg, s = self.cfg, self.s
+        if not ramp:
+            return grad_accum_steps(cfg, s.dp_size)
+        per_sample = s.items_per_step // global_batch(cfg, s.dp_size)  # seq_len, or 1 image
+        g = global_batch_at(cfg, s.dp_size, s.tokens_seen // per_sample)
+        if g != s.engine.train_batch_size():
+            s.engine.set_train_batch_size(g)
+        return g // (cfg.train.micro_batch_size * s.dp_size)
 
     def _label_weights(self, batches: list[dict], accum: int) -> list[float]:
         """Per micro-batch loss weights. BERT's loss is a mean over the micro-batch's masked tokens,

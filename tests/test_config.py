@@ -67,6 +67,12 @@ INVALID = [
     (["deepspeed.zero_optimization.stage=3"], "deepspeed.zero_optimization.stage", "3",
      "conflicts with parallel.zero_stage=0"),
     (["modle.hidden_size=8"], "modle", "", "unknown key"),
+    (["train.global_batch_size=64", "train.batch_rampup=[8,8,100]", "parallel.world_size=2"], "train.batch_rampup",
+     "[8, 8, 100]", "multiples of train.micro_batch_size x data-parallel size = 16"),
+    (["train.global_batch_size=64", "train.batch_rampup=[16,32,100]", "parallel.world_size=2"],
+     "train.batch_rampup", "[16, 32, 100]", "reach it in whole increments"),
+    (["train.global_batch_size=64", "train.batch_rampup=[16,16]", "parallel.world_size=2"], "train.batch_rampup",
+     "[16, 16]", "three positive integers"),
 ]
 
 
@@ -195,3 +201,14 @@ def test_flatten_for_mlflow_params():
     flat = flatten(to_dict(load_config(None)))
     assert flat["model.hidden_size"] == 64 and flat["parallel.zero_stage"] == 0
     assert all(not isinstance(v, dict) or not v for v in flat.values())
+
+
+def test_batch_rampup_follows_megatron():
+    """start 16, +16, over 96 samples, up to 64: three increments, one per 32 samples."""
+    from pretrain.config import global_batch_at
+
+    cfg = config_from_dict({"train": {"micro_batch_size": 8, "global_batch_size": 64, "batch_rampup": [16, 16, 96]}})
+    seen = {0: 16, 31: 16, 32: 32, 63: 32, 64: 48, 95: 48, 96: 64, 10**6: 64}
+    assert {n: global_batch_at(cfg, 2, n) for n in seen} == seen
+    no_ramp = config_from_dict({"train": {"micro_batch_size": 8, "global_batch_size": 64}})
+    assert global_batch_at(no_ramp, 2, 0) == 64

@@ -95,3 +95,26 @@ def test_another_global_batch_continues_the_data_stream(tmp_path, straight):
     assert sorted(losses(run_dir)) == [5, 6]
     state = json.loads((run_dir / "checkpoints" / "step00000006" / "trainer_state.json").read_text())
     assert state["tokens_seen"] == (4 * 16 + 2 * 32) * 64
+
+
+def test_batch_rampup_equals_resuming_at_each_new_batch(tmp_path):
+    """``train.batch_rampup=[4,4,48]`` up to 16 (ZeRO 2, 2 ranks) against four chained jobs at fixed
+    global batches 4, 8, 12, 16, each resuming the last: the ramp's steps are those jobs' steps, bit
+    for bit -- same data, same accumulation, same updates (a constant LR, so the job lengths do not
+    bend the schedule)."""
+    config = "configs/gpt/debug.yaml"
+    common = ["tracking.enabled=false", "train.log_every=5", "model.dropout=0.0", "schedule.kind=constant",
+              "schedule.warmup_steps=0", "data.synthetic_samples=100000", "train.micro_batch_size=2",
+              "parallel.zero_stage=2"]
+    ramp = tmp_path / "ramp"
+    run_train(config, [*common, f"train.run_dir={ramp}", "train.steps=10", "train.global_batch_size=16",
+                       "train.batch_rampup=[4,4,48]"], nproc=2)
+    chained = tmp_path / "chained"
+    for steps, batch in ((4, 4), (6, 8), (8, 12), (10, 16)):
+        run_train(config, [*common, f"train.run_dir={chained}", f"train.steps={steps}",
+                           f"train.global_batch_size={batch}", "checkpoint.resume=auto"], nproc=2)
+    a, b = losses(ramp), losses(chained)
+    assert sorted(a) == sorted(b) == list(range(1, 11))
+    assert all(a[s] == b[s] for s in a), (a, b)
+    seen = [json.loads(line)["tokens_seen"] for line in (ramp / "metrics.jsonl").read_text().splitlines()]
+    assert seen == [64 * n for n in (4, 8, 12, 16, 24, 32, 44, 56, 72, 88)]  # batches 4x4, 8x2, 12x2, 16x2
