@@ -321,6 +321,14 @@ def _check_rampup(cfg: Config, dp: int) -> None:
                                        f"data-parallel size = {unit}")
 
 
+def layout(cfg: Config, world: int) -> dict:
+    """The parallel layout of a job of ``world`` ranks: MLflow tags, ``trainer_state.json`` keys,
+    and what DeepSpeed's own checkpoint loader needs unchanged (``pretrain.reshard``)."""
+    p = cfg.parallel
+    return {"world_size": world, "data_parallel_size": world // p.tensor_size, "tensor_parallel_size": p.tensor_size,
+            "zero_stage": p.zero_stage, "precision": p.precision}
+
+
 def global_batch_at(cfg: Config, dp: int, samples_seen: int) -> int:
     """The global batch of the next step after ``samples_seen`` samples (``train.batch_rampup``,
     as Megatron: ``start + floor(samples_seen / (samples / increments)) x increment``, capped)."""

@@ -129,6 +129,8 @@ def _gather(chunks: list[torch.Tensor], start: int, length: int) -> list[torch.T
 # What a reader can consolidate: the fp32 (master) weights, or one of AdamW's moments, which lie in
 # DeepSpeed's files exactly as the weights do (same flat partitions, same parameter order).
 FIELDS = ("fp32", "exp_avg", "exp_avg_sq")
+# DeepSpeed's engine counters and LR scheduler state in the model states (what a resume carries over)
+ENGINE_KEYS = ("lr_scheduler", "global_steps", "global_samples", "skipped_steps")
 
 
 class _RankWeights:
@@ -140,6 +142,7 @@ class _RankWeights:
             raise ValueError(f"field {field!r} is not one of {FIELDS}")
         self.tag_dir, self.stage, self.field = tag_dir, stage, field
         self.masters: dict[str, torch.Tensor] = {}  # ZeRO 0 bf16/fp16: fp32 masters by key
+        self.adam_steps: list[float] = []  # AdamW's step counts, read with the moments
         mp = f"mp_rank_{tp_rank:02d}"
         if stage == 3:
             states = torch_load(self._one(f"zero_pp_rank_0_{mp}_model_states.pt"))
@@ -147,6 +150,7 @@ class _RankWeights:
             states = torch_load(self._one(f"{mp}_model_states.pt"))
         if "module" not in states or (stage > 0 and not states.get("param_shapes")):
             raise CheckpointError(f"{tag_dir}: {mp} model states lack param_shapes/module (not a DeepSpeed file)")
+        self.engine_state = {k: states[k] for k in ENGINE_KEYS if states.get(k) is not None}
         self.shared = {_plain(k): _plain(v) for k, v in (states.get("shared_params") or {}).items()}
         self.module = states["module"] if stage == 0 else {}
         self.buffers = {_plain(k): states["module"][k] for k in states.get("buffer_names") or []}
@@ -157,7 +161,7 @@ class _RankWeights:
         if stage == 0 and field != "fp32":
             if config is None:
                 raise ValueError("reading optimizer moments of a ZeRO 0 checkpoint needs its config")
-            self.masters = _zero0_moments(states, config, field, tag_dir / f"{mp}_model_states.pt")
+            self.masters, self.adam_steps = _zero0_moments(states, config, field, tag_dir / f"{mp}_model_states.pt")
         elif stage == 0 and config is not None:
             self.masters = _zero0_masters(states, config, tag_dir / f"{mp}_model_states.pt")
         self.flat: list[list[torch.Tensor]] = []
@@ -190,6 +194,7 @@ class _RankWeights:
                 if len(state) != len(osd[key]) or any(self.field not in v for v in state.values()):
                     raise CheckpointError(f"{files[0]}: no AdamW {self.field} for every parameter group")
                 self.flat.append([state[g][self.field].detach() for g in sorted(state)])
+                self.adam_steps += [float(v["step"]) for v in state.values() if "step" in v]
             paddings = osd.get("param_alignment_paddings")
         if self.stage == 3:
             self._index_zero3(dp_size)
@@ -242,7 +247,7 @@ class _RankWeights:
         if self.stage == 0:
             if self.field != "fp32" and key not in self.masters:
                 raise CheckpointError(f"{self.tag_dir}: no AdamW {self.field} for {key}")
-            src = self.masters.get(key, self.module.get(PREFIX + key)).detach()
+            src = (self.masters[key] if key in self.masters else self.module[PREFIX + key]).detach()
             out = src.to(torch.float32, copy=True).reshape(shape)
             _release([src])
             return out
@@ -277,10 +282,10 @@ def _zero0_masters(states: dict, config, path: Path) -> dict[str, torch.Tensor]:
     return named or {}
 
 
-def _zero0_moments(states: dict, config, field: str, path: Path) -> dict[str, torch.Tensor]:
+def _zero0_moments(states: dict, config, field: str, path: Path) -> tuple[dict[str, torch.Tensor], list[float]]:
     """ZeRO 0: AdamW's ``field`` per parameter from the torch optimizer state in the model states
     (``optimizer``, or ``optimizer.optimizer_state_dict`` under DeepSpeed's FP16/BF16 wrapper),
-    numbered in our parameter-group order."""
+    numbered in our parameter-group order; and the state's step counts."""
     opt = states.get("optimizer") if isinstance(states.get("optimizer"), dict) else {}
     opt = opt.get("optimizer_state_dict", opt)
     state, groups = opt.get("state") or {}, opt.get("param_groups") or []
@@ -292,7 +297,7 @@ def _zero0_moments(states: dict, config, field: str, path: Path) -> dict[str, to
     if named is None:
         raise CheckpointError(f"{path}: no AdamW {field} that lines up with the parameters "
                               "(a checkpoint saved before the first optimizer step, or another optimizer)")
-    return named
+    return named, [float(v["step"]) for v in state.values() if "step" in v]
 
 
 def _name_zero0_groups(states: dict, groups: list, config) -> dict[str, torch.Tensor] | None:
@@ -381,6 +386,19 @@ class CheckpointReader:
 
     def keys(self) -> list[str]:
         return list(self._keys)
+
+    def adam_step(self) -> float:
+        """AdamW's step count (optimizer steps taken; skipped ones not counted). Moments readers only."""
+        steps = [s for rank in self.ranks for s in rank.adam_steps]
+        if not steps:
+            raise CheckpointError(f"{self.dir}: no AdamW step count in the optimizer state")
+        return max(steps)
+
+    def engine_state(self) -> dict:
+        """DeepSpeed's counters and LR scheduler state (those of ``ENGINE_KEYS`` the checkpoint has)."""
+        if not self.ranks:
+            raise CheckpointError(f"{self.dir}: an imported weights directory holds no training state")
+        return self.ranks[0].engine_state
 
     @torch.no_grad()
     def tensor(self, key: str) -> torch.Tensor:

@@ -32,22 +32,16 @@ import torch
 from data_pipeline.shards import sha256_file
 from pretrain import checkpoint as C
 from pretrain import distributed as D
-from pretrain.config import Config, global_batch, load_config
+from pretrain.config import Config, global_batch, layout, load_config
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
-
-
-def layout(cfg: Config, world: int) -> dict:
-    """What DeepSpeed's own loader needs to be unchanged."""
-    p = cfg.parallel
-    return {"world": world, "tensor": p.tensor_size, "zero_stage": p.zero_stage, "precision": p.precision}
 
 
 def saved_layout(tag_dir: Path) -> tuple[Config, dict]:
     """(the checkpoint's config, its layout)."""
     state = C.read_json(tag_dir, "trainer_state.json")
     saved = load_config(tag_dir / "config.yaml")
-    return saved, layout(saved, int(state["world_size"]))
+    return saved, layout(saved, int(state["world_size"]))  # the saved config, the saved world
 
 
 def new_batch_geometry(saved: Config, cfg: Config, saved_world: int, world: int) -> bool:
@@ -88,46 +82,9 @@ def preflight(cfg: Config, world: int) -> Path | None:
     if tag_dir is None:
         return None
     saved, old = saved_layout(tag_dir)
-    if old != layout(cfg, world) or new_batch_geometry(saved, cfg, old["world"], world):
+    if old != layout(cfg, world) or new_batch_geometry(saved, cfg, old["world_size"], world):
         check_compatible(tag_dir, saved, cfg)
     return tag_dir
-
-
-# ----------------------------------------------------------------------------------------------
-# reading
-# ----------------------------------------------------------------------------------------------
-def _model_states(tag_dir: Path, stage: int) -> dict:
-    from pretrain.consolidate import torch_load
-
-    name = "zero_pp_rank_0_mp_rank_00_model_states.pt" if stage == 3 else "mp_rank_00_model_states.pt"
-    return torch_load(tag_dir / name)
-
-
-def _adam_step(tag_dir: Path, stage: int) -> float:
-    """AdamW's step count (for bias correction; optimizer steps taken, skipped ones not counted)."""
-    from pretrain.consolidate import torch_load
-
-    if stage == 0:
-        opt = _model_states(tag_dir, 0).get("optimizer") or {}
-        state = opt.get("optimizer_state_dict", opt).get("state") or {}
-    else:
-        files = sorted(tag_dir.glob("*zero_pp_rank_0_mp_rank_00_optim_states.pt"))
-        if not files:
-            raise C.CheckpointError(f"{tag_dir}: no zero_pp_rank_0_mp_rank_00_optim_states.pt")
-        osd = torch_load(files[0]).get("optimizer_state_dict", {})
-        state = (osd.get("optimizer_state_dict" if stage == 3 else "base_optimizer_state") or {}).get("state") or {}
-    steps = [float(v["step"]) for v in state.values() if "step" in v]
-    if not steps:
-        raise C.CheckpointError(f"{tag_dir}: no AdamW step count in the optimizer state")
-    return max(steps)
-
-
-def _local(full: torch.Tensor, name: str, cfg: Config, tp_rank: int, tp: int) -> torch.Tensor:
-    from pretrain.parallel import param_split
-    from pretrain.parallel.sharding import shard_tensor
-
-    split = param_split(name, cfg.model)
-    return shard_tensor(full, split[0], split[1], tp_rank, tp) if split and tp > 1 else full
 
 
 # ----------------------------------------------------------------------------------------------
@@ -205,9 +162,9 @@ class _Writer:
 
 
 def _named_parameters(engine) -> dict[str, torch.nn.Parameter]:
-    from pretrain.consolidate import PREFIX
+    from pretrain.consolidate import _plain
 
-    return {n[len(PREFIX):] if n.startswith(PREFIX) else n: p for n, p in engine.module.named_parameters()}
+    return {_plain(n): p for n, p in engine.module.named_parameters()}
 
 
 def _shape(param) -> torch.Size:
@@ -221,28 +178,28 @@ def restore(engine, loader, tag_dir: Path, cfg: Config, mpu) -> dict:
     """Load ``tag_dir`` (any layout) into this rank's ``engine`` and ``loader``; collective only in
     DeepSpeed's ZeRO 3 bookkeeping. Returns the checkpoint's trainer state."""
     from pretrain.consolidate import CheckpointReader
+    from pretrain.parallel import shard_param
 
     state = C.read_json(tag_dir, "trainer_state.json")
     saved, old = saved_layout(tag_dir)
     dp = mpu.get_data_parallel_world_size()
     check_compatible(tag_dir, saved, cfg)
     step = int(state["step"])
-    stage = old["zero_stage"]
     tp_rank, tp = mpu.get_model_parallel_rank(), mpu.get_model_parallel_world_size()
 
     readers = {f: CheckpointReader(tag_dir, check=False, field=f) for f in ("fp32", *MOMENTS)}
-    writer = _Writer(engine, _adam_step(tag_dir, stage))
+    writer = _Writer(engine, readers["exp_avg"].adam_step())
     for name, param in _named_parameters(engine).items():
-        weight = _local(readers["fp32"].tensor(name), name, cfg, tp_rank, tp)
+        weight = shard_param(name, readers["fp32"].tensor(name), cfg.model, tp_rank, tp)
         if weight.shape != _shape(param):
             raise C.CheckpointError(f"{tag_dir}: {name} has shape {tuple(weight.shape)} for tensor rank {tp_rank}, "
                                     f"the model here {tuple(_shape(param))}")
-        moments = {f: _local(readers[f].tensor(name), name, cfg, tp_rank, tp) for f in MOMENTS} \
+        moments = {f: shard_param(name, readers[f].tensor(name), cfg.model, tp_rank, tp) for f in MOMENTS} \
             if writer.holds_state(param) else {}
         writer.set(param, weight, moments)
     writer.finish()
 
-    states = _model_states(tag_dir, stage)
+    states = readers["fp32"].engine_state()
     engine.global_steps = int(states.get("global_steps", step))
     engine.global_samples = int(states.get("global_samples", step * global_batch(cfg, dp)))
     engine.skipped_steps = int(states.get("skipped_steps", 0))
@@ -251,11 +208,11 @@ def restore(engine, loader, tag_dir: Path, cfg: Config, mpu) -> dict:
         for group, lr in zip(engine.lr_scheduler.optimizer.param_groups, engine.lr_scheduler.get_last_lr()):
             group["lr"] = lr  # the LR the next step uses, as the uninterrupted run's last step left it
 
-    continue_data(loader, tag_dir, saved, cfg, int(old["world"]))
+    continue_data(loader, tag_dir, saved, cfg, old["world_size"])
     seed = cfg.train.seed * 1_000_003 + step * 1_009 + D.rank()
     random.seed(seed), np.random.seed(seed % 2**32), torch.manual_seed(seed)
-    D.print0(f"[pretrain] resumed {tag_dir.name} on a new layout: world {old['world']} -> {D.world_size()}, "
-             f"tensor {old['tensor']} -> {tp}, ZeRO {old['zero_stage']} -> {cfg.parallel.zero_stage}, "
+    D.print0(f"[pretrain] resumed {tag_dir.name} on a new layout: world {old['world_size']} -> {D.world_size()}, "
+             f"tensor {old['tensor_parallel_size']} -> {tp}, ZeRO {old['zero_stage']} -> {cfg.parallel.zero_stage}, "
              f"{old['precision']} -> {cfg.parallel.precision}")
     return state
 

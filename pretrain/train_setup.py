@@ -15,7 +15,7 @@ from torch import nn
 from data_pipeline.shards import sha256_file
 from pretrain import checkpoint as C
 from pretrain import distributed as D
-from pretrain.config import Config, deepspeed_config, global_batch, to_yaml
+from pretrain.config import Config, deepspeed_config, global_batch, layout, to_yaml
 
 
 class LossModule(nn.Module):
@@ -236,9 +236,9 @@ def build_setup(cfg: Config) -> Setup:
                   last_logged=state.get("step", 0))
     if resume_dir is None:
         log_run_metadata(tracker, cfg, world, dp)
-    elif any(str(state.get(k)) != str(v) for k, v in layout_tags(cfg, world, dp).items() if k in state):
+    elif any(str(state.get(k)) != str(v) for k, v in layout(cfg, world).items() if k in state):
         # a resume on another layout: the run's layout tags follow, and say from which step
-        tracker.set_tags({**layout_tags(cfg, world, dp), "layout_changed_at_step": setup.start_step})
+        tracker.set_tags({**layout(cfg, world), "layout_changed_at_step": setup.start_step})
     D.print0(f"[pretrain] {cfg.model.family} | world {world} = data {dp} x tensor {cfg.parallel.tensor_size} | "
              f"ZeRO {cfg.parallel.zero_stage} | {precision} | global batch {global_batch(cfg, dp)} | "
              + (f"resumed from {resume_dir} at step {setup.start_step}" if resume_dir else "fresh start"))
@@ -265,13 +265,6 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def layout_tags(cfg: Config, world: int, dp: int) -> dict:
-    """The parallel layout, as MLflow tags and as ``trainer_state.json`` keys."""
-    p = cfg.parallel
-    return {"world_size": world, "data_parallel_size": dp, "tensor_parallel_size": p.tensor_size,
-            "zero_stage": p.zero_stage, "precision": p.precision}
-
-
 def log_run_metadata(tracker, cfg: Config, world: int, dp: int) -> None:
     """Params, tags and config artifacts of a fresh run (rank 0; no-op trackers ignore it)."""
     import json
@@ -283,7 +276,7 @@ def log_run_metadata(tracker, cfg: Config, world: int, dp: int) -> None:
     tracker.set_tags({
         "family": cfg.model.family, "parameters": count_parameters(meta),
         "non_embedding_parameters": count_parameters(meta, non_embedding=True), "git_commit": _git_commit(),
-        **layout_tags(cfg, world, dp),
+        **layout(cfg, world),
     })
     tracker.log_text(to_yaml(cfg), "config/config.yaml")
     tracker.log_text(json.dumps(deepspeed_config(cfg, world), indent=2), "config/deepspeed.json")
@@ -297,7 +290,7 @@ def _restore(engine, loader, tag_dir: Path, cfg: Config, mpu) -> dict:
     from pretrain import reshard
 
     saved, old = reshard.saved_layout(tag_dir)
-    if old != reshard.layout(cfg, D.world_size()):
+    if old != layout(cfg, D.world_size()):
         return reshard.restore(engine, loader, tag_dir, cfg, mpu)
     state = C.read_json(tag_dir, "trainer_state.json")
     with C.weights_only_loads(tag_dir):
@@ -305,10 +298,10 @@ def _restore(engine, loader, tag_dir: Path, cfg: Config, mpu) -> dict:
                                               load_lr_scheduler_states=True)
     if load_path is None:
         raise C.CheckpointError(f"{tag_dir}: DeepSpeed could not load this checkpoint")
-    if not reshard.new_batch_geometry(saved, cfg, old["world"], D.world_size()):
+    if not reshard.new_batch_geometry(saved, cfg, old["world_size"], D.world_size()):
         loader.load_state_dict(C.rank_state(tag_dir, "loader", D.rank()))
         C.set_rng_state(C.rank_state(tag_dir, "rng", D.rank()))
     else:  # same engine layout, another micro-batch or global batch
         reshard.check_compatible(tag_dir, saved, cfg)
-        reshard.continue_data(loader, tag_dir, saved, cfg, old["world"])
+        reshard.continue_data(loader, tag_dir, saved, cfg, old["world_size"])
     return state

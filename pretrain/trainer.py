@@ -23,8 +23,17 @@ import torch.distributed as dist
 
 from pretrain import checkpoint as C
 from pretrain import distributed as D
-from pretrain.config import Config, deepspeed_config, dp_size, global_batch, global_batch_at, grad_accum_steps, to_yaml
-from pretrain.train_setup import Setup, build_setup, grad_norm, layout_tags
+from pretrain.config import (
+    Config,
+    deepspeed_config,
+    dp_size,
+    global_batch,
+    global_batch_at,
+    grad_accum_steps,
+    layout,
+    to_yaml,
+)
+from pretrain.train_setup import Setup, build_setup, grad_norm
 
 
 class NonFiniteStop(RuntimeError):
@@ -90,6 +99,7 @@ class Trainer:
         _install_signal_handlers()
         faults = _fault_steps()
         ramp = cfg.train.batch_rampup is not None
+        per_sample = s.items_per_step // global_batch(cfg, s.dp_size)  # tokens of a sample (seq_len), or 1 image
         step = s.start_step
         self.result.start_step = step
         nonfinite_in_row = 0
@@ -97,7 +107,7 @@ class Trainer:
         while step < cfg.train.steps:
             step += 1
             loss_sum = 0.0
-            accum = self._accumulation(ramp)
+            accum = self._accumulation(ramp, per_sample)
             batches = [next(s.train_iter) for _ in range(accum)]
             for i, (batch, weight) in enumerate(zip(batches, self._label_weights(batches, accum))):
                 if ramp:  # the boundary from this step's own count, not DeepSpeed's running micro-step count
@@ -110,7 +120,7 @@ class Trainer:
                 s.engine.backward(loss)
                 s.engine.step()
                 loss_sum += float(loss.detach().float().item())
-            s.tokens_seen += accum * self._micro_items
+            s.tokens_seen += accum * cfg.train.micro_batch_size * s.dp_size * per_sample
             if _STEP_SLEEP:
                 time.sleep(_STEP_SLEEP)  # test hook: lets a test signal or kill a job mid-run
             skipped = s.engine.skipped_steps > s.skipped_before
@@ -155,18 +165,12 @@ class Trainer:
             self._save(step)
         return self.result
 
-    @property
-    def _micro_items(self) -> int:
-        """Tokens (text) or images (ViT) of one micro-batch over all data ranks."""
-        return self.s.items_per_step // grad_accum_steps(self.cfg, self.s.dp_size)
-
-    def _accumulation(self, ramp: bool) -> int:
+    def _accumulation(self, ramp: bool, per_sample: int) -> int:
         """Micro-batches of the next step: fixed, or per ``train.batch_rampup`` from the samples
         seen so far (DeepSpeed's global batch is moved along with it)."""
         cfg, s = self.cfg, self.s
         if not ramp:
             return grad_accum_steps(cfg, s.dp_size)
-        per_sample = s.items_per_step // global_batch(cfg, s.dp_size)  # seq_len, or 1 image
         g = global_batch_at(cfg, s.dp_size, s.tokens_seen // per_sample)
         if g != s.engine.train_batch_size():
             s.engine.set_train_batch_size(g)
@@ -232,7 +236,7 @@ class Trainer:
         s, cfg = self.s, self.cfg
         state = {
             "step": step, "tokens_seen": s.tokens_seen, "skipped_steps": self.result.skipped_steps,
-            **layout_tags(cfg, D.world_size(), s.dp_size),
+            **layout(cfg, D.world_size()),
             "mlflow_run_id": s.tracker.run_id, "family": s.family,
             "last_loss": self.result.losses.get(step), "command": " ".join(sys.argv),
         }

@@ -15,6 +15,7 @@ from pretrain.parallel.plan import (
     build_parallel_model,
     merge_tp_state_dicts,
     param_split,
+    shard_param,
     shard_state_dict,
     tensor_parallel_plan,
 )
@@ -36,6 +37,6 @@ __all__ = [
     "ColumnParallelLinear", "RowParallelLinear", "ShardSpec", "Topology", "VocabParallelCrossEntropy",
     "VocabParallelEmbedding", "apply_tensor_parallel", "build_parallel_model", "copy_to_tp_region",
     "gather_from_tp_region", "get_topology", "init_topology", "merge_shards", "merge_tp_state_dicts",
-    "param_split", "reduce_from_tp_region", "scatter_to_tp_region", "shard_state_dict", "shard_tensor",
+    "param_split", "reduce_from_tp_region", "scatter_to_tp_region", "shard_param", "shard_state_dict", "shard_tensor",
     "tensor_parallel_plan", "vocab_parallel_cross_entropy",
 ]

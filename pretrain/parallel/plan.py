@@ -123,13 +123,15 @@ def build_parallel_model(cfg: ModelConfig, mpu, device: str | torch.device = "cp
     return materialize(model, device, seed)
 
 
+def shard_param(name: str, value, model_config: ModelConfig, tp_rank: int, tp_size: int):
+    """Rank ``tp_rank``'s slice of the full tensor ``name`` (a copy), or ``value`` itself if replicated."""
+    split = param_split(name, model_config)
+    return shard_tensor(value, split[0], split[1], tp_rank, tp_size).clone() if split and tp_size > 1 else value
+
+
 def shard_state_dict(full_sd: dict, model_config: ModelConfig, tp_rank: int, tp_size: int) -> dict:
     """Rank ``tp_rank``'s slice of a full (TP=1) state dict; replicated entries are shared as is."""
-    out = {}
-    for name, value in full_sd.items():
-        split = param_split(name, model_config)
-        out[name] = shard_tensor(value, split[0], split[1], tp_rank, tp_size).clone() if split and tp_size > 1 else value
-    return out
+    return {name: shard_param(name, value, model_config, tp_rank, tp_size) for name, value in full_sd.items()}
 
 
 def merge_tp_state_dicts(state_dicts: list[dict], model_config: ModelConfig) -> dict:
