@@ -25,7 +25,7 @@ import sentencepiece as spm
 import webdataset as wds
 
 from data_pipeline.text.config import TextOptions
-from data_pipeline.text.pipeline import InputFile, run_pipeline
+from data_pipeline.text.pipeline import FailedInputs, InputFile, run_pipeline
 from tests.conftest import shared_data_dir
 from tests.data_pipeline.warc_factory import build_corpus
 
@@ -240,11 +240,20 @@ def test_killed_while_reading_then_after_a_shard_then_finished_is_identical(refe
 
 
 def test_shared_real_files_counts_add_up_and_corrupt_files_are_counted_errors(ray_started, tmp_path):
+    """The 4 damaged files among the real ones fail as inputs: with 3 allowed the job stops after
+    reading (naming them, writing no output); with 4 it finishes from the per-file work kept."""
     folder = shared_data_dir("commoncrawl")
     files = sorted(p for p in folder.iterdir() if p.is_file())
     inputs = [InputFile(path=str(p), source=p.name) for p in files]
     opts = TextOptions(langs=(), vocab_size=600, sample_tokens=4096, val_fraction=0.0)
-    m = run_pipeline(inputs, tmp_path / "out", opts, progress=False)
+    with pytest.raises(FailedInputs, match=r"4 of \d+ input files failed \(4 corrupt\)") as failed:
+        run_pipeline(inputs, tmp_path / "out", opts, progress=False, max_failed_inputs=3)
+    assert "warcio-bad.arc: corrupt: OSError: Invalid WARC header" in str(failed.value)
+    assert not (tmp_path / "out" / "manifest.json").exists() and not list((tmp_path / "out").glob("*/*.tar"))
+    read = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("_work/*/stage1/*.json")}
+    assert len(read) == len(files)
+    m = run_pipeline(inputs, tmp_path / "out", opts, progress=False, max_failed_inputs=4, keep_work=True)
+    assert {p: p.stat().st_mtime_ns for p in read} == read  # the files were not read again
     per_file = {f["source"]: f for f in m["counts"]["files"]}
     assert set(per_file) == {p.name for p in files}
     rejected = Counter(r["source"] for r in rejected_rows(tmp_path / "out"))
@@ -254,6 +263,7 @@ def test_shared_real_files_counts_add_up_and_corrupt_files_are_counted_errors(ra
         html = f["records"].get("response", 0) - f["skipped"].get("non_html", 0)
         assert f["documents"] == html + f["records"].get("conversion", 0), name
     errors = {n for n, f in per_file.items() if f["error"]}
+    assert {per_file[n]["error_kind"] for n in errors} == {"corrupt"}
     assert errors == {"warcio-example-trunc.warc", "warcio-bad.arc", "resiliparse-clipped.warc.gz",
                       "CC-MAIN-2024-22.warc.paths.gz"}
     assert per_file["resiliparse-clipped.warc.gz"]["dropped"] == {"read/truncated": 1}
@@ -265,7 +275,9 @@ def test_shared_real_files_counts_add_up_and_corrupt_files_are_counted_errors(ra
 
 def test_crawl_download_from_a_local_server(ray_started, corpus, tmp_path, capsys):
     """--crawl reads <format>.paths.gz from --base-url, downloads (surviving a cut-off response) and
-    processes the files; the result equals the same files given with --input."""
+    processes the files; the result equals the same files given with --input. A listed file the
+    server does not have fails the job (exit 1, named) unless --max-failed-inputs allows it; the
+    rerun does not download the finished files again."""
     import gzip
     import shutil
 
@@ -280,24 +292,30 @@ def test_crawl_download_from_a_local_server(ray_started, corpus, tmp_path, capsy
         if f.endswith(".gz"):
             shutil.copy(f, seg / os.path.basename(f))
             rel.append(f"crawl-data/CC-MAIN-2024-22/segments/1/{os.path.basename(f)}")
+    missing = "crawl-data/CC-MAIN-2024-22/segments/1/not-there.warc.gz"
     with gzip.open(root / "crawl-data/CC-MAIN-2024-22/warc.paths.gz", "wt") as fh:
-        fh.write("\n".join(rel + ["crawl-data/CC-MAIN-2024-22/segments/1/not-there.warc.gz"]) + "\n")
+        fh.write("\n".join(rel + [missing]) + "\n")
     parser = __import__("argparse").ArgumentParser()
     cli.add_arguments(parser)
     with RangeServer(root) as server:
         server.cut_off[rel[0]] = 1
-        args = parser.parse_args(["--crawl", "CC-MAIN-2024-22", "--format", "warc", "--max-files", "3",
-                                  "--base-url", server.url, "--retries", "2", "-o", str(tmp_path / "out"),
-                                  "--vocab-size", "800", "--no-progress", "--langs", "en"])
-        assert cli.run(args) == 0
+        argv = ["--crawl", "CC-MAIN-2024-22", "--format", "warc", "--max-files", "3", "--base-url", server.url,
+                "--retries", "2", "-o", str(tmp_path / "out"), "--vocab-size", "800", "--no-progress", "--langs", "en"]
+        assert cli.run(parser.parse_args(argv)) == 1
+        err = capsys.readouterr().err
+        assert f"1 of 3 input files failed (1 download):\n  {missing}: download: " in err and "HTTP 404" in err
+        assert not (tmp_path / "out" / "manifest.json").exists()
+        assert cli.run(parser.parse_args(argv + ["--max-failed-inputs", "1"])) == 0
         assert sum(1 for p, r in server.requests if p == "/" + rel[0] and r) == 1  # resumed with Range
+        assert sum(1 for p, _ in server.requests if p == "/" + rel[0]) == 2  # and not fetched again on the rerun
     m = json.loads((tmp_path / "out" / "manifest.json").read_text())
     files = {f["source"]: f for f in m["counts"]["files"]}
     assert files[rel[0]]["documents"] == corpus["html_documents"]["a.warc.gz"]
     assert files[rel[1]]["documents"] == corpus["html_documents"]["c.warc.wet.gz"]
-    assert "HTTP 404" in files["crawl-data/CC-MAIN-2024-22/segments/1/not-there.warc.gz"]["error"]
+    assert "HTTP 404" in files[missing]["error"] and files[missing]["error_kind"] == "download"
     assert (tmp_path / "out" / "_downloads" / rel[0]).read_bytes() == Path(corpus["files"][0]).read_bytes()
-    assert "tar overhead" in capsys.readouterr().out
+    out = capsys.readouterr()
+    assert "tar overhead" in out.out and "warning: 1 of 3 input files failed" in out.err
 
 
 def test_rerun_with_other_options_into_the_same_directory_never_reuses_old_shards(reference, corpus, tmp_path):

@@ -13,6 +13,7 @@ import pytest
 from data_pipeline.text import dedup, extract, filters, packing, pii
 from data_pipeline.text.reader import ReadStats, dechunk, iter_documents
 from tests.conftest import shared_data_dir
+from tests.data_pipeline.reference_dedup import find_duplicates
 from tests.data_pipeline.warc_factory import ACCENTED, WarcBuilder, article_html, articles, near_copy
 
 # documents (HTML responses) per shared file, and whether reading it ends in an error
@@ -151,8 +152,8 @@ def test_minhash_similarity_and_deterministic_keeper():
     assert (sig[0] == sig[1]).mean() > 0.8 and (sig[0] == sig[2]).mean() < 0.1
     hashes = np.array([dedup.exact_hash(dedup.normalise("\n".join(d))) for d in docs], dtype=np.uint64)
     ids = [f"00000-{i:07d}" for i in range(5)]
-    assert dedup.find_duplicates(ids, hashes, sig, 14, 8) == {1: ("near", 0), 3: ("exact", 0)}
-    assert dedup.find_duplicates(ids, hashes, sig, 14, 8, near=False) == {3: ("exact", 0)}
+    assert find_duplicates(ids, hashes, sig, 14, 8) == {1: ("near", 0), 3: ("exact", 0)}
+    assert find_duplicates(ids, hashes, sig, 14, 8, near=False) == {3: ("exact", 0)}
     assert dedup.exact_hash(dedup.normalise("Hello,   WORLD!")) == dedup.exact_hash(dedup.normalise("hello world"))
 
 
@@ -175,10 +176,17 @@ def test_tokenizer_special_ids_and_roundtrip():
 
 def test_packing_keeps_whole_documents_and_merges_a_short_tail():
     docs = [{"length": n, "split": "train"} for n in (5, 5, 5, 12, 1)] + [{"length": 3, "split": "val"}]
-    plan = packing.plan_samples([("00000", docs)], sample_tokens=10)
-    assert plan["train"] == [[("00000", 0), ("00000", 1)], [("00000", 2), ("00000", 3), ("00000", 4)]]
-    assert plan["val"] == [[("00000", 5)]]
+    plan = packing.pack(docs, sample_tokens=10)
+    assert plan["train"] == [[0, 1], [2, 3, 4]]
+    assert plan["val"] == [[5]]
     assert packing.split_of(123, 0.0) == "train" and packing.split_of(5, 1.0 - 1e-9) == "val"
+
+
+def test_shards_are_planned_from_per_file_sample_counts():
+    counts = [("000000", 3), ("000001", 0), ("000002", 4), ("000003", 1)]
+    shards = list(packing.plan_shards(counts, 3))
+    assert shards == [[("000000", 0, 3)], [("000002", 0, 3)], [("000002", 3, 4), ("000003", 0, 1)]]
+    assert list(packing.plan_shards([("000000", 0)], 3)) == []
 
 
 def _args(**kw):
