@@ -45,7 +45,7 @@ class StorageError(OSError):
 
 def scheme(location: str) -> str:
     head, sep, _ = str(location).partition("://")
-    return head.lower() if sep and head.isalpha() else ""
+    return head.lower() if sep and head[:1].isalpha() and head.replace("+", "").replace("-", "").isalnum() else ""
 
 
 def is_remote(location: str | Path) -> bool:
@@ -206,7 +206,7 @@ def open_read(location: str):
         return
     fs, path = filesystem(location)
     with errors_named(location):
-        stream = fs.open_input_stream(path)
+        stream = fs.open_input_stream(path, compression=None)  # never "detect": bytes as stored
     with errors_named(location), stream:
         yield stream
 
@@ -316,7 +316,7 @@ def atomic_output(location: str):
             yield spool
         spool.seek(0)
         with errors_named(location):
-            with fs.open_output_stream(path) as out:
+            with fs.open_output_stream(path, compression=None) as out:
                 shutil.copyfileobj(spool, out, CHUNK)
 
 
@@ -332,7 +332,7 @@ def remove(location: str) -> None:
             Path(location).unlink(missing_ok=True)
         return
     fs, path = filesystem(location)
-    with contextlib.suppress(FileNotFoundError), errors_named(location):
+    with errors_named(location), contextlib.suppress(FileNotFoundError):
         fs.delete_file(path)
 
 
@@ -341,7 +341,7 @@ def remove_tree(location: str) -> None:
         shutil.rmtree(location, ignore_errors=True)
         return
     fs, path = filesystem(location)
-    with contextlib.suppress(FileNotFoundError), errors_named(location):
+    with errors_named(location), contextlib.suppress(FileNotFoundError):
         fs.delete_dir(path)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections import Counter
 
 import pyarrow as pa
@@ -99,6 +100,7 @@ def process_file(path: str, source: str, key: str, opts: TextOptions, out_dir: s
     write_table(storage.join(out_dir, f"{key}.kept.parquet"), kept, KEPT_SCHEMA)
     write_table(storage.join(out_dir, f"{key}.rejected.parquet"), rejected, REJECTED_SCHEMA)
     counts = {"key": key, "source": source, **stats.to_dict(), "documents": documents,
+              "bytes": os.path.getsize(path) if os.path.exists(path) else 0,
               "kept_stage1": len(kept["id"]), "kept_chars": sum(kept["chars"]), "dropped": dict(sorted(dropped.items()))}
     if stats.error_kind != "io":  # an I/O error may pass (permissions fixed, disk back): no marker, a rerun retries
         write_json(storage.join(out_dir, f"{key}.json"), counts)

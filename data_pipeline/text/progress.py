@@ -39,7 +39,7 @@ class StageProgress:
                 self.kept += int(result["kept_stage1"])
                 for key, n in (result.get("dropped") or {}).items():
                     self.dropped[key.split("/", 1)[0]] += n
-        self.bytes += nbytes or 0
+        self.bytes += nbytes if nbytes is not None else int((result or {}).get("bytes", 0) or 0)
         now = time.monotonic()
         if self.enabled and (now - self.last >= self.interval or self.done == self.tasks):
             self.last = now
