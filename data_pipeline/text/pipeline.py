@@ -196,7 +196,9 @@ class Runner:
             path = storage.join(self.work_root, f"tokenizer-{fp}.model")
             if not storage.exists(path):
                 limit = self._sample_limit(finished)
-                base = self.at(f"toksample-{fp}")
+                # the sample depends on dedup, seed and budget, not on the vocabulary: kept for a rerun
+                # with another --vocab-size
+                base = self.at(f"toksample-{fingerprint(subset(o, DEDUP_KEYS + ('seed', 'tokenizer_sample_chars')))}")
                 counts = self._run("tokenizer sample", sample_file, [
                     (storage.join(base, f"{k}.json"),
                      (self.at("stage1"), k, i, len(self.keys), drops, o.seed, limit, storage.join(base, k)))

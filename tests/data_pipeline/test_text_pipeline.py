@@ -100,8 +100,16 @@ def test_counts_add_up_per_input(reference, corpus):
     assert funnel[0]["in"] == total["documents"] and funnel[-1]["out"] == total["kept"]
 
 
+GOLDEN = json.loads((Path(__file__).parent / "golden_dedup.json").read_text())
+
+
+def dedup_rows(out: Path) -> list[list[str]]:
+    return sorted([r["id"], r["reason"], r["detail"]] for r in rejected_rows(out) if r["stage"] == "dedup")
+
+
 def test_edge_cases_dropped_for_the_right_reason(reference, corpus):
     out, _ = reference
+    assert dedup_rows(out) == GOLDEN["corpus"]["dedup"]  # what commit 970e726 dropped
     urls = corpus["urls"]
     by_url = {r["url"]: r for r in rejected_rows(out)}
     assert (by_url[urls["german"]]["stage"], by_url[urls["german"]]["reason"]) == ("lang", "language_de")
@@ -270,6 +278,7 @@ def test_shared_real_files_counts_add_up_and_corrupt_files_are_counted_errors(ra
     assert per_file["pywb-iana.warc.gz"]["documents"] == 20 and per_file["dolma-sample-0000.warc.gz"]["documents"] == 22
     assert per_file["resiliparse-clueweb09-quirk.warc.gz"]["documents"] == 29
     assert m["counts"]["total"]["files_with_errors"] == 4 and m["counts"]["total"]["kept"] >= 20
+    assert dedup_rows(tmp_path / "out") == GOLDEN["shared"]["dedup"]
     assert m["counts"]["total"]["kept"] == m["splits"]["train"]["documents"]
 
 
@@ -391,3 +400,87 @@ def test_inspect_shows_the_first_document_of_the_reference_run(reference, capsys
     lineage, text = decoded_documents(out)[0]
     assert report["sample"]["first_document"] == lineage and report["sample"]["text"] == text
     assert report["counts"]["total"]["kept"] == sum(s["documents"] for s in report["splits"].values())
+
+
+def test_more_dedup_partitions_give_the_same_bytes(reference, corpus, tmp_path):
+    inputs = [InputFile(path=f, source=os.path.basename(f)) for f in corpus["files"]]
+    run_pipeline(inputs, tmp_path / "out", options(), progress=False, dedup_partitions=3, keep_work=True)
+    assert len(list((tmp_path / "out").glob("_work/*/dedup-*/pairs/*.parquet"))) == 3
+    _same_as_reference(tmp_path / "out", reference)
+
+
+def test_rerun_rewrites_a_truncated_and_an_edited_shard_and_keeps_the_others(reference, corpus, tmp_path, capsys):
+    """A finished output whose shards no longer match the manifest is not returned as finished:
+    the damaged shards are written again, the verified ones kept as they are."""
+    import shutil
+
+    ref_out, _ = reference
+    out = tmp_path / "out"
+    shutil.copytree(ref_out, out)
+    shards = sorted(out.glob("train/*.tar"))
+    assert len(shards) >= 3
+    shards[0].write_bytes(shards[0].read_bytes()[:-512])  # torn
+    data = bytearray(shards[1].read_bytes())
+    data[600] ^= 0xFF  # edited, same size
+    shards[1].write_bytes(bytes(data))
+    kept = {p: p.stat().st_mtime_ns for p in out.glob("*/*.tar") if p not in shards[:2]}
+    inputs = [InputFile(path=f, source=os.path.basename(f)) for f in corpus["files"]]
+    run_pipeline(inputs, out, options(), progress=True)
+    err = capsys.readouterr().err
+    assert f"{shards[0]}: " in err and f"{shards[1]}: sha256 differs from the manifest's" in err
+    _same_as_reference(out, reference)
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+
+
+def test_vocab_too_small_for_the_real_warcs_exits_2_with_the_minimum_and_keeps_the_work(ray_started, tmp_path,
+                                                                                         capsys):
+    """As a new user would: the shared real WARCs with --vocab-size 300 (sentencepiece needs 343)."""
+    from data_pipeline.text import cli
+
+    folder = shared_data_dir("commoncrawl")
+    argv = ["--input", str(folder / "*.warc.gz"), "-o", str(tmp_path / "out"), "--max-failed-inputs", "1",
+            "--no-progress"]
+    assert cli.run(_parse(cli, argv + ["--vocab-size", "300"])) == 2
+    err = capsys.readouterr().err
+    assert "--vocab-size 300 is too small for this text: the tokenizer needs at least 343 pieces" in err
+    assert "Traceback" not in err and not (tmp_path / "out" / "manifest.json").exists()
+    done = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("_work/*/*/*.json")}
+    assert len([p for p in done if p.parent.name == "stage1"]) == 11
+    assert cli.run(_parse(cli, argv + ["--vocab-size", "343", "--keep-work"])) == 0
+    assert {p: p.stat().st_mtime_ns for p in done} == done  # read, dedup and the sample were not redone
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["tokenizer"]["vocab_size"] == 343
+
+
+def _parse(cli, argv):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_disk_full_while_writing_shards_names_the_file_and_leaves_nothing_half_written(
+        reference, sources_in_place, tmp_path, monkeypatch, capsys):
+    """The output on a tmpfs with room for everything but the shards (intermediates elsewhere)
+    fills up while shards are written: exit 1 naming the shard, no temp file or partial shard
+    left; with room made (remount) the same command finishes and equals the reference byte for byte."""
+    from data_pipeline.text import cli
+    from tests.data_pipeline.test_text_units import tmpfs
+
+    ref_out, _ = reference
+    pages = sum(-(-p.stat().st_size // 4096) for p in [ref_out / "tokenizer.model", *ref_out.glob("rejected/*")])
+    first = -(-min(p.stat().st_size for p in ref_out.glob("train/*.tar")) // 4096)
+    monkeypatch.chdir(sources_in_place)
+    with tmpfs(tmp_path / "small", f"size={(pages + 2 + first) * 4}k") as small:
+        argv = ["--input", "a.warc.gz", "b.warc", "c.warc.wet.gz", "-o", str(small / "out"), "--work-dir",
+                str(tmp_path / "work"), *CLI_ARGS]
+        assert cli.run(_parse(cli, argv)) == 1
+        err = capsys.readouterr().err
+        assert "/shard-0000" in err and f"{small / 'out'}/" in err and "no space left" in err, err
+        assert not list(small.rglob("*.tmp-*")) and not (small / "out" / "manifest.json").exists()
+        records = {json.loads(p.read_text())["path"] for p in (tmp_path / "work").glob("tokens-*/shards/*.json")}
+        written = {p.relative_to(small / "out").as_posix() for p in (small / "out").glob("*/*.tar")}
+        assert written == records  # every shard there is a finished, recorded one
+        subprocess.run(["mount", "-o", "remount,size=16m", str(small)], check=True)
+        assert cli.run(_parse(cli, argv)) == 0
+        _same_as_reference(small / "out", reference)

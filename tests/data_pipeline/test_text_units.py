@@ -4,7 +4,10 @@ dedup, tokenizer ids, packing and the command line's input checks."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -231,3 +234,69 @@ def test_cli_is_registered():
 
     args = build_parser().parse_args(["data", "commoncrawl", "--input", "x", "-o", "y"])
     assert args._run.__module__ == "data_pipeline.text.cli" and Path(args.output).name == "y"
+
+
+# -- bad inputs and outputs: a clear error naming the path, exit 2, nothing written ---------------
+@contextlib.contextmanager
+def unprivileged():
+    """File permissions apply to this process: as root, switch the effective user to nobody."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.setegid(65534)
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str):
+    path.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}): needs root")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_input_without_read_permission_exits_2_naming_it(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    tmp_path.chmod(0o755)
+    (tmp_path / "in").chmod(0o755)
+    secret = tmp_path / "in" / "x.warc.gz"
+    secret.write_bytes(b"WARC/1.0\r\n")
+    secret.chmod(0o000)
+    cli, args = _args(input=[str(secret)], o=str(tmp_path / "out"))
+    with unprivileged():
+        code = cli.run(args)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"--input {secret}: permission denied" in err and not (tmp_path / "out").exists()
+
+
+def test_empty_input_glob_exits_2_naming_it(tmp_path, capsys):
+    cli, args = _args(input=[str(tmp_path / "*.warc.gz")], o=str(tmp_path / "out"))
+    assert cli.run(args) == 2
+    assert f"--input {tmp_path}/*.warc.gz: matches no files" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_read_only_output_exits_2_naming_it(tmp_path, capsys):
+    src = tmp_path / "in.warc.wet.gz"
+    b = WarcBuilder(src)
+    b.conversion("https://x/1", "\n".join(articles(1)[0]))
+    b.close()
+    with tmpfs(tmp_path / "ro", "ro,size=1m") if os.geteuid() == 0 else contextlib.nullcontext(tmp_path / "ro") as ro:
+        if os.geteuid() != 0:
+            ro.mkdir()
+            ro.chmod(0o555)
+        cli, args = _args(input=[str(src)], o=str(ro / "out"))
+        assert cli.run(args) == 2
+        err = capsys.readouterr().err
+        assert f"{ro / 'out'}: " in err and ("read-only file system" in err or "permission denied" in err), err
+        assert not list(ro.iterdir())
