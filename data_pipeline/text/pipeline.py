@@ -102,16 +102,18 @@ class Runner:
         return self.ray.remote(num_cpus=1, max_retries=2)(fn)
 
     def _run(self, desc: str, fn, jobs: list[tuple[str | None, tuple]], nbytes: list[int] | None = None,
-             marks: bool = True) -> list:
+             marks: bool = True, reduce=None) -> list:
         """Results of ``fn(*args)`` for every ``(marker, args)`` job, in order: a job whose marker
         (a JSON file) exists is not run again, its marker is its result; a finished task writes
         its marker (``marks``) unless ``fn`` writes it itself. Task errors surface as the task's
-        own exception (a StorageError names the location)."""
+        own exception (a StorageError names the location). ``reduce(result)`` is what is kept
+        of each result (the driver folds what it needs as results arrive and keeps little)."""
+        keep = reduce or (lambda r: r)
         results: list = [None] * len(jobs)
         todo = []
         for i, (marker, _) in enumerate(jobs):
             if marker is not None and storage.exists(marker):
-                results[i] = read_json(marker)
+                results[i] = keep(read_json(marker))
             else:
                 todo.append(i)
         if marks:
@@ -127,8 +129,9 @@ class Runner:
         while pending:
             done, pending = self.ray.wait(pending, num_returns=1)
             i = refs[done[0]]
-            results[i] = self._get(done[0])
-            bar.update(results[i], nbytes[i] if nbytes else None)
+            result = self._get(done[0])
+            bar.update(result, nbytes[i] if nbytes else None)
+            results[i] = keep(result)
             if kill_stage and desc.startswith(kill_stage) and bar.done >= int(kill_after):
                 os.kill(os.getpid(), signal.SIGKILL)  # fault injection for the resume tests
         return results
@@ -179,14 +182,22 @@ class Runner:
                   f"({parts} partitions, {stats['near_edges']} candidate pairs)")
         return drops, parts
 
-    def finish(self, files: list[dict], drops: tuple[str, int]) -> list[dict]:
-        """``rejected/<key>.parquet`` per file and the survivors' sample-key histogram."""
+    def finish(self, drops: tuple[str, int]) -> tuple[list[dict], np.ndarray]:
+        """``rejected/<key>.parquet`` per file: each file's dedup counts, and the survivors'
+        characters by sample-key bin summed over all files (one fixed-size array)."""
         jobs = [(None, (self.at("stage1"), self.out, k, i, len(self.keys), drops, self.opts.seed, HIST_BITS))
                 for i, k in enumerate(self.keys)]
-        return self._run("rejected", finish_file, jobs)
+        hist = np.zeros(1 << HIST_BITS, dtype=np.int64)
+
+        def fold(result: dict) -> dict:
+            bins, chars = result.pop("hist")
+            np.add.at(hist, np.asarray(bins, dtype=np.int64), np.asarray(chars, dtype=np.int64))
+            return result
+
+        return self._run("rejected", finish_file, jobs, reduce=fold), hist
 
     # -- tokenizer ---------------------------------------------------------------------------
-    def tokenizer(self, finished: list[dict], drops: tuple[str, int]) -> bytes:
+    def tokenizer(self, hist: np.ndarray, drops: tuple[str, int]) -> bytes:
         """The given tokenizer, or one trained on a deterministic sample of the surviving text."""
         o = self.opts
         if o.tokenizer:
@@ -195,7 +206,7 @@ class Runner:
             fp = fingerprint(self.fp_read, subset(o, DEDUP_KEYS + TOKENIZER_KEYS))
             path = storage.join(self.work_root, f"tokenizer-{fp}.model")
             if not storage.exists(path):
-                limit = self._sample_limit(finished)
+                limit = self._sample_limit(hist)
                 # the sample depends on dedup, seed and budget, not on the vocabulary: kept for a rerun
                 # with another --vocab-size
                 base = self.at(f"toksample-{fingerprint(subset(o, DEDUP_KEYS + ('seed', 'tokenizer_sample_chars')))}")
@@ -211,13 +222,9 @@ class Runner:
         storage.write_bytes(storage.join(self.out, "tokenizer.model"), model)
         return model
 
-    def _sample_limit(self, finished: list[dict]) -> int | None:
+    def _sample_limit(self, hist: np.ndarray) -> int | None:
         """The sample-key bound below which the tokenizer sample lies: the smallest histogram bin
         edge whose surviving characters reach the budget (None: every document)."""
-        hist = np.zeros(1 << HIST_BITS, dtype=np.int64)
-        for f in finished:
-            bins, chars = f["hist"]
-            np.add.at(hist, np.asarray(bins, dtype=np.int64), np.asarray(chars, dtype=np.int64))
         cum = np.cumsum(hist)
         if not len(cum) or cum[-1] < self.opts.tokenizer_sample_chars:
             return None
@@ -307,8 +314,8 @@ def run_pipeline(inputs: list[InputFile], out_dir: str, opts: TextOptions, ray_a
                                "kept; rerun to retry downloads and I/O errors, or allow failures with "
                                "--max-failed-inputs N (or a fraction)")
         drops = runner.dedup(files)
-        finished = runner.finish(files, drops)
-        model = runner.tokenizer(finished, drops)
+        finished, hist = runner.finish(drops)
+        model = runner.tokenizer(hist, drops)
         info = tokenizer_info(model)
         runner._log(f"tokenizer ({'given' if opts.tokenizer else 'trained'}): {info['model_type']}, "
                     f"vocab {info['vocab_size']}")
