@@ -116,24 +116,32 @@ class Runner:
                 results[i] = keep(read_json(marker))
             else:
                 todo.append(i)
-        if marks:
-            task = self._remote(_marked)
-            refs = {task.remote(fn, jobs[i][0], jobs[i][1]): i for i in todo}
-        else:
-            task = self._remote(fn)
-            refs = {task.remote(*jobs[i][1]): i for i in todo}
+        task = self._remote(_marked if marks else fn)
+
+        def submit(i: int):
+            return task.remote(fn, jobs[i][0], jobs[i][1]) if marks else task.remote(*jobs[i][1])
+
         total = sum(nbytes[i] for i in todo) if nbytes and all(b is not None for b in nbytes) else None
         bar = StageProgress(desc, len(todo), total, self.progress)
         kill_stage, _, kill_after = os.environ.get(KILL_ENV, "").partition(":")
-        pending = list(refs)
-        while pending:
-            done, pending = self.ray.wait(pending, num_returns=1)
-            i = refs[done[0]]
+        # a bounded number of tasks in flight: the driver holds a window, not every task of the stage
+        window = max(64, 4 * int(self.ray.cluster_resources().get("CPU", 1)))
+        queue, refs = iter(todo), {}
+        for i in queue:
+            refs[submit(i)] = i
+            if len(refs) >= window:
+                break
+        while refs:
+            done, _ = self.ray.wait(list(refs), num_returns=1)
+            i = refs.pop(done[0])
             result = self._get(done[0])
             bar.update(result, nbytes[i] if nbytes else None)
             results[i] = keep(result)
             if kill_stage and desc.startswith(kill_stage) and bar.done >= int(kill_after):
                 os.kill(os.getpid(), signal.SIGKILL)  # fault injection for the resume tests
+            nxt = next(queue, None)
+            if nxt is not None:
+                refs[submit(nxt)] = nxt
         return results
 
     def _get(self, ref):
