@@ -31,7 +31,14 @@ from pretrain.data.shard_store import ShardError, ShardStore
 from pretrain.data.sources import SYNTHETIC_SPECIALS, read_manifest
 
 __all__ = ["Loader", "ShardError", "StreamSpec", "build_loader", "build_spec", "check_shards", "data_info",
-           "image_size", "text_specials"]
+           "image_size", "manifest_sha256", "text_specials"]
+
+
+def manifest_sha256(path: str) -> str:
+    """sha256 of ``<path>/manifest.json``, for a local or a remote (s3://, gs://, https://) shard directory."""
+    from data_pipeline import storage
+
+    return storage.sha256(storage.join(path, "manifest.json"))
 
 
 def check_shards(cfg: Config) -> None:
