@@ -131,12 +131,12 @@ def max_failed_inputs(value: str) -> int | float:
 
 def _crawl_inputs(args) -> list:
     from data_pipeline import storage
-    from data_pipeline.text.download import DEFAULT_BASE_URL, S3_BASE_URL, crawl_files
+    from data_pipeline.text.download import crawl_files, default_base_url
     from data_pipeline.text.pipeline import InputFile
 
     if args.max_files is not None and args.max_files <= 0:
         raise ValueError(f"--max-files {args.max_files}: must be positive")
-    base = args.base_url or (S3_BASE_URL if storage.s3_credentials() else DEFAULT_BASE_URL)
+    base = args.base_url or default_base_url()
     cache = args.cache_dir or (None if storage.is_remote(args.output) else os.path.join(args.output, "_downloads"))
     try:
         remotes = crawl_files(args.crawl, args.format, args.max_files, base, cache, retries=args.retries)

@@ -27,6 +27,14 @@ CRAWL_RE = re.compile(r"^CC-MAIN-\d{4}-\d{2}$")
 FORMATS = ("warc", "wet")
 
 
+def default_base_url() -> str:
+    """Common Crawl's bucket when AWS credentials are present (fast inside AWS), else its HTTPS
+    endpoint (no credentials needed)."""
+    from data_pipeline import storage
+
+    return S3_BASE_URL if storage.s3_credentials() else DEFAULT_BASE_URL
+
+
 @dataclass
 class Remote:
     """One file to fetch: ``url`` into ``path``; ``source`` is its crawl-relative path (lineage)."""

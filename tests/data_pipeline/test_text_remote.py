@@ -185,6 +185,29 @@ def test_s3_input_and_output_through_a_real_s3_server(ray_started, s3_server, do
     assert np.array_equal(source.tokens(0, 0), local.tokens(0, 0))
 
 
+def test_crawl_listing_and_files_read_from_s3(ray_started, s3_server, documents, local_run, tmp_path, monkeypatch,
+                                              capsys):
+    """--crawl reads the listing and the files from an S3 base (Common Crawl's bucket when AWS
+    credentials are present, HTTPS without them)."""
+    from data_pipeline.text import cli
+    from data_pipeline.text.download import DEFAULT_BASE_URL, S3_BASE_URL, default_base_url
+
+    rel = "crawl-data/CC-MAIN-2024-22/segments/1/docs.warc.wet.gz"
+    storage.write_bytes(f"s3://bucket/cc/{rel}", (documents / "docs.warc.wet.gz").read_bytes())
+    storage.write_bytes("s3://bucket/cc/crawl-data/CC-MAIN-2024-22/wet.paths.gz", gzip.compress(rel.encode() + b"\n"))
+    args = _args(cli, ["--crawl", "CC-MAIN-2024-22", "--base-url", "s3://bucket/cc/", "-o", str(tmp_path / "out"),
+                       "--no-progress", *CLI])
+    assert cli.run(args) == 0, capsys.readouterr().err
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [f["source"] for f in m["counts"]["files"]] == [rel] and m["counts"]["total"]["kept"] == 7
+    assert not (tmp_path / "out" / "_downloads").exists()  # read from the bucket, not cached over HTTP
+    assert default_base_url() == S3_BASE_URL
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    assert default_base_url() == DEFAULT_BASE_URL
+
+
 def test_https_input_from_a_local_server(ray_started, documents, local_run, tmp_path, capsys):
     from data_pipeline.text import cli
 
