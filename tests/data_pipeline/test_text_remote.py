@@ -183,6 +183,11 @@ def test_s3_input_and_output_through_a_real_s3_server(ray_started, s3_server, do
     assert [source.doc_lengths(s, 0) for s in range(len(source.shards))] == \
         [local.doc_lengths(s, 0) for s in range(len(local.shards))]
     assert np.array_equal(source.tokens(0, 0), local.tokens(0, 0))
+    from launch.cli import main
+
+    assert main(["data", "inspect", "s3://bucket/out", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["sample"]["shard"] == "train/shard-000000.tar" and report["counts"]["total"]["kept"] == 7
 
 
 def test_crawl_listing_and_files_read_from_s3(ray_started, s3_server, documents, local_run, tmp_path, monkeypatch,
