@@ -22,6 +22,7 @@ import fnmatch
 import functools
 import hashlib
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -137,22 +138,34 @@ def filesystem(location: str):
     return fs, str(location).split("://", 1)[1]
 
 
+_NOT_FOUND = re.compile(r"\b(404|not found|no such (file|key)|nosuchkey|no_such_key|nosuchbucket|no_such_bucket|"
+                        r"does not exist)\b")
+_DENIED = re.compile(r"\b(403|401|access_denied|accessdenied|forbidden|invalidaccesskeyid|signaturedoesnotmatch|"
+                     r"invalid_access_key_id)\b")
+
+
 def _translate(location: str, e: BaseException) -> StorageError:
-    """An OSError from the OS, pyarrow or fsspec as a StorageError of the right kind."""
+    """An OSError from the OS, pyarrow or fsspec as a StorageError of the right kind: by errno when
+    the OS set one, else by the error codes in the message (paths and keys taken out first, so a
+    file named ``shard-000404.tar`` is not "not found")."""
     if isinstance(e, StorageError):
         return e
     text = str(e)
-    low = text.lower()
-    if isinstance(e, FileNotFoundError) or "no such key" in low or "not found" in low or "404" in low or \
-            "no_such_bucket" in low or "nosuchbucket" in low or "does not exist" in low:
-        return StorageError(location, f"does not exist ({text})" if text else "does not exist", "not_found")
-    if isinstance(e, PermissionError) or "access_denied" in low or "accessdenied" in low or "403" in low or \
-            "forbidden" in low or "invalidaccesskeyid" in low or "signaturedoesnotmatch" in low:
+    errno_ = getattr(e, "errno", None)
+    if isinstance(e, FileNotFoundError) or errno_ == errno.ENOENT:
+        return StorageError(location, f"does not exist ({text})", "not_found")
+    if isinstance(e, PermissionError) or errno_ in (errno.EACCES, errno.EPERM):
         return StorageError(location, f"permission denied ({text})", "permission")
-    if isinstance(e, OSError) and e.errno == errno.EROFS:
+    if errno_ == errno.EROFS:
         return StorageError(location, f"read-only file system ({text})", "read_only")
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+    if errno_ in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
         return StorageError(location, f"no space left ({text})", "io")
+    if errno_ is None:
+        codes = re.sub(r"'[^']*'|\"[^\"]*\"|\S*/\S*", " ", text.lower())
+        if _NOT_FOUND.search(codes):
+            return StorageError(location, f"does not exist ({text})", "not_found")
+        if _DENIED.search(codes):
+            return StorageError(location, f"permission denied ({text})", "permission")
     return StorageError(location, f"I/O error: {type(e).__name__}: {text}", "io")
 
 
