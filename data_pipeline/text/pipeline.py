@@ -134,7 +134,11 @@ class Runner:
         while refs:
             done, _ = self.ray.wait(list(refs), num_returns=1)
             i = refs.pop(done[0])
-            result = self._get(done[0])
+            try:
+                result = self._get(done[0])
+            except BaseException:
+                self._drain(list(refs))
+                raise
             bar.update(result, nbytes[i] if nbytes else None)
             results[i] = keep(result)
             if kill_stage and desc.startswith(kill_stage) and bar.done >= int(kill_after):
@@ -143,6 +147,15 @@ class Runner:
             if nxt is not None:
                 refs[submit(nxt)] = nxt
         return results
+
+    def _drain(self, refs: list) -> None:
+        """A task failed: stop the stage's other tasks and wait until they have ended, so that
+        none is still writing when the error reaches the user (a cancelled write removes its
+        temp file)."""
+        for ref in refs:
+            self.ray.cancel(ref)
+        if refs:
+            self.ray.wait(refs, num_returns=len(refs), timeout=120)
 
     def _get(self, ref):
         try:
