@@ -4,7 +4,7 @@ Prints the manifest summary (format, splits, shards, tokenizer or classes), the 
 and one decoded sample: for text shards the documents of the sample with their lineage and the
 first characters of the first document's text (decoded with the directory's tokenizer.model); for
 image shards the image's size and mode, its class and its metadata. ``--json`` prints the same as
-one JSON object for scripts.
+one JSON object for scripts. DIR may be a local directory or ``s3://``, ``gs://``, ``https://``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import io
 import json
 import sys
 import tarfile
-from pathlib import Path
+
+from data_pipeline import storage
 
 EXIT_USAGE = 2
 
@@ -27,11 +28,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
-def first_sample(shard: Path, index: int) -> tuple[str, dict[str, bytes]]:
+def first_sample(shard: str, index: int) -> tuple[str, dict[str, bytes]]:
     """The ``index``-th sample (key, {field: bytes}) of a WebDataset tar, read with tarfile only."""
     samples: dict[str, dict[str, bytes]] = {}
     order: list[str] = []
-    with tarfile.open(shard) as tar:
+    with storage.open_random(shard) as f, tarfile.open(fileobj=f, mode="r:") as tar:
         for member in tar:
             if not member.isfile():
                 continue
@@ -48,13 +49,14 @@ def first_sample(shard: Path, index: int) -> tuple[str, dict[str, bytes]]:
     return order[index], samples[order[index]]
 
 
-def decode_text_sample(out_dir: Path, manifest: dict, fields: dict[str, bytes], chars: int) -> dict:
+def decode_text_sample(out_dir: str, manifest: dict, fields: dict[str, bytes], chars: int) -> dict:
     import numpy as np
     import sentencepiece as spm
 
     tokens = np.load(io.BytesIO(fields["tokens.npy"]))
     meta = json.loads(fields["json"])
-    sp = spm.SentencePieceProcessor(model_file=str(out_dir / manifest["tokenizer"]["path"]))
+    sp = spm.SentencePieceProcessor(model_proto=storage.read_bytes(storage.join(out_dir,
+                                                                                manifest["tokenizer"]["path"])))
     first = int(meta["doc_lengths"][0]) if meta["doc_lengths"] else 0
     text = sp.decode(tokens[:first].tolist())
     return {"tokens": int(tokens.size), "dtype": str(tokens.dtype), "documents": len(meta["documents"]),
@@ -72,9 +74,18 @@ def decode_image_sample(manifest: dict, fields: dict[str, bytes]) -> dict:
             "class": names.get(cls), "json": json.loads(fields["json"]) if "json" in fields else None}
 
 
-def summarise(out_dir: Path, split: str | None, index: int, chars: int) -> dict:
-    from data_pipeline.shards import read_manifest
+def read_manifest(out_dir: str) -> dict:
+    path = storage.join(out_dir, "manifest.json")
+    try:
+        return json.loads(storage.read_bytes(path))
+    except storage.StorageError as e:
+        if e.kind == "not_found":
+            raise FileNotFoundError(f"{path}: no manifest.json; is {out_dir} a shard directory written by "
+                                    f"`pretrain data`?") from None
+        raise
 
+
+def summarise(out_dir: str, split: str | None, index: int, chars: int) -> dict:
     manifest = read_manifest(out_dir)
     splits = manifest.get("splits", {})
     names = [split] if split else [s for s in splits if splits[s].get("shards")]
@@ -91,11 +102,11 @@ def summarise(out_dir: Path, split: str | None, index: int, chars: int) -> dict:
     elif manifest.get("kind") == "image":
         report["classes"] = len(manifest.get("classes", []))
     if names and splits[names[0]].get("shards"):
-        shard = out_dir / splits[names[0]]["shards"][0]["path"]
-        key, fields = first_sample(shard, index)
+        rel = splits[names[0]]["shards"][0]["path"]
+        key, fields = first_sample(storage.join(out_dir, rel), index)
         decoded = (decode_text_sample(out_dir, manifest, fields, chars) if manifest.get("kind") == "text"
                    else decode_image_sample(manifest, fields))
-        report["sample"] = {"split": names[0], "shard": str(shard.relative_to(out_dir)), "key": key, **decoded}
+        report["sample"] = {"split": names[0], "shard": rel, "key": key, **decoded}
     return report
 
 
@@ -129,10 +140,10 @@ def _print_report(r: dict, manifest_counts_table: str | None) -> None:
 
 
 def run(args) -> int:
-    out_dir = Path(args.dir)
+    out_dir = args.dir if storage.is_remote(args.dir) else str(args.dir)
     try:
         report = summarise(out_dir, args.split, args.index, args.chars)
-    except (FileNotFoundError, ValueError, IndexError, KeyError, tarfile.TarError) as e:
+    except (OSError, ValueError, IndexError, KeyError, tarfile.TarError) as e:
         print(f"pretrain data inspect: {e}", file=sys.stderr)
         return EXIT_USAGE
     if args.json:

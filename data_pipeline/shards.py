@@ -112,21 +112,40 @@ def atomic_file(path: str | Path):
         raise
 
 
-def write_shard(out_dir: str | Path, rel_path: str, samples: Iterable[tuple[str, Mapping[str, bytes]]]) -> ShardInfo:
-    """Write ``samples`` ((key, {field: bytes}) pairs) to ``out_dir/rel_path`` atomically."""
+def write_samples(f, rel_path: str, samples: Iterable[tuple[str, Mapping[str, bytes]]]) -> ShardInfo:
+    """Write ``samples`` ((key, {field: bytes}) pairs) as one tar to the open binary file ``f``."""
     h = hashlib.sha256()
     n = payload = size = 0
-    with atomic_file(Path(out_dir) / rel_path) as f:
-        for key, fields in samples:
-            data, p = encode_sample(key, fields)
-            f.write(data)
-            h.update(data)
-            n, payload, size = n + 1, payload + p, size + len(data)
-        end = b"\0" * (2 * BLOCK)
-        f.write(end)
-        h.update(end)
-        size += len(end)
+    for key, fields in samples:
+        data, p = encode_sample(key, fields)
+        f.write(data)
+        h.update(data)
+        n, payload, size = n + 1, payload + p, size + len(data)
+    end = b"\0" * (2 * BLOCK)
+    f.write(end)
+    h.update(end)
+    size += len(end)
     return ShardInfo(path=rel_path, samples=n, bytes=size, sha256=h.hexdigest(), payload_bytes=payload)
+
+
+def write_shard(out_dir: str | Path, rel_path: str, samples: Iterable[tuple[str, Mapping[str, bytes]]]) -> ShardInfo:
+    """Write ``samples`` ((key, {field: bytes}) pairs) to ``out_dir/rel_path`` atomically."""
+    with atomic_file(Path(out_dir) / rel_path) as f:
+        return write_samples(f, rel_path, samples)
+
+
+def shard_problem(path: str | Path, size: int | None, sha256: str | None = None) -> str | None:
+    """Why the local file ``path`` is not the shard a manifest describes (missing, another size,
+    another sha256 when given), or None when it is."""
+    try:
+        have = os.stat(path).st_size
+    except FileNotFoundError:
+        return f"{path}: missing"
+    if size is not None and have != size:
+        return f"{path}: {have} bytes, the manifest says {size} (truncated or changed after it was written)"
+    if sha256 is not None and sha256_file(path) != sha256:
+        return f"{path}: sha256 differs from the manifest's (the file was changed after it was written)"
+    return None
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:

@@ -44,8 +44,13 @@ def run(args) -> int:
             raise ConfigError([("parallel.world_size", cfg.parallel.world_size,
                                 f"this job has {world} ranks; set --nproc or the launcher to match")])
         dp_size(cfg, world)
-        if cfg.data.source == "shards" and not os.path.isfile(os.path.join(cfg.data.path, "manifest.json")):
-            raise ConfigError([("data.path", cfg.data.path, "no manifest.json there; run `pretrain data ...` first")])
+        if cfg.data.source == "shards":  # the manifest and every shard it lists, before any rank starts
+            from pretrain.data import check_shards
+
+            try:
+                check_shards(cfg)
+            except (OSError, ValueError) as e:
+                raise ConfigError([("data.path", cfg.data.path, str(e))]) from None
         if cfg.checkpoint.resume:  # a missing, half-written or incompatible checkpoint fails here, not in N ranks
             from pretrain.checkpoint import CheckpointError
             from pretrain.reshard import preflight

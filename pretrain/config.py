@@ -130,6 +130,11 @@ class DataConfig(Section):
     crop_scale_min: float = Field(0.08, gt=0, le=1)  # RandomResizedCrop lower bound
     hflip: bool = True
     synthetic_samples: int = Field(4096, ge=1)
+    # shards against manifest.json: sizes at start; "open" adds each shard's sha256 on first open,
+    # "full" every sha256 at start (pretrain/data/shard_store.py)
+    verify: Literal["size", "open", "full"] = "open"
+    cache_dir: str | None = None  # local copies of remote shards (s3://, gs://, https:// data.path)
+    cache_gb: float = Field(20.0, gt=0)  # bound of that cache; least recently used copies go first
 
     @model_validator(mode="after")
     def _check(self):

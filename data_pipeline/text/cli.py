@@ -1,8 +1,15 @@
-"""``pretrain data commoncrawl``: Common Crawl WARC/WET -> tokenized WebDataset shards, on Ray.
+"""``pretrain data commoncrawl``: Common Crawl WARC/WET (or parquet / JSON-lines datasets) ->
+tokenized WebDataset shards, on Ray.
 
-Inputs are local files (``--input``, globs allowed, sorted) or the first ``--max-files`` files of a
-crawl (``--crawl CC-MAIN-YYYY-WW --format wet``), downloaded into a resumable cache. Rerunning the
-same command after a kill finishes the job and gives byte-identical output.
+Inputs are files (``--input``: local paths and globs, ``s3://``, ``gs://`` or ``https://``; sorted)
+or the first ``--max-files`` files of a crawl (``--crawl CC-MAIN-YYYY-WW --format wet``), read from
+``s3://commoncrawl/`` when AWS credentials are present and over HTTPS into a resumable cache
+otherwise. Rerunning the same command after a kill finishes the job and gives byte-identical output.
+
+Exit status: 0 done (tolerated input failures are listed on stderr); 1 more inputs failed than
+``--max-failed-inputs`` allows (the summary names them; finished per-file work is kept), or the
+output could not be written (the message names the location); 2 a usage error, an input or output
+that cannot be used (named), or a ``--vocab-size`` the text cannot support (with the minimum).
 """
 
 from __future__ import annotations
@@ -12,19 +19,28 @@ import glob
 import os
 import sys
 
+EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("inputs")
-    src.add_argument("--input", nargs="+", metavar="PATH_OR_GLOB", help="WARC or WET files (gzip or not)")
+    src.add_argument("--input", nargs="+", metavar="PATH_OR_GLOB",
+                     help="WARC or WET files (gzip or not), or parquet / JSON-lines (.gz, .zst) datasets with a "
+                          "`text` column; local paths or globs, s3://, gs:// or https:// URIs")
     src.add_argument("--crawl", metavar="CC-MAIN-YYYY-WW", help="read a Common Crawl crawl's listing instead")
     src.add_argument("--format", default="wet", choices=("warc", "wet"), help="with --crawl: which files")
     src.add_argument("--max-files", type=int, default=None, help="with --crawl: the first N listed files")
     src.add_argument("--base-url", default=None, help="with --crawl: server root (default https://data.commoncrawl.org/)")
     src.add_argument("--cache-dir", default=None, help="with --crawl: download cache (default <output>/_downloads)")
     src.add_argument("--retries", type=int, default=5, help="download retries with exponential backoff")
-    p.add_argument("--output", "-o", required=True, help="output directory (manifest.json, shards, rejected/)")
+    src.add_argument("--max-failed-inputs", default="0", metavar="N_OR_FRACTION",
+                     help="input files allowed to fail (unreadable, corrupt, download failed) before the job stops "
+                          "with exit 1: a count, or a fraction of the inputs such as 0.01 (default 0)")
+    p.add_argument("--output", "-o", required=True,
+                   help="output directory (manifest.json, shards, rejected/): a local path, s3:// or gs://")
+    p.add_argument("--work-dir", default=None,
+                   help="intermediates (default <output>/_work); on a cluster a location every node can read")
     f = p.add_argument_group("extraction, language and filters")
     f.add_argument("--extractor", default="resiliparse", choices=("resiliparse", "trafilatura"))
     f.add_argument("--langs", default="en", help="comma-separated languages to keep; 'all' keeps every language")
@@ -51,6 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r = p.add_argument_group("ray")
     r.add_argument("--ray-address", default=None, help="join this Ray cluster (default: embedded local Ray)")
     r.add_argument("--num-cpus", type=int, default=None, help="embedded Ray: CPUs to use (default: all)")
+    r.add_argument("--dedup-partitions", type=int, default=None,
+                   help="partitions of the dedup shuffle; bounds each task's memory, not the result "
+                        "(default: one per 250,000 kept documents)")
     p.add_argument("--keep-work", action="store_true", help="keep _work/ intermediates after success")
     p.add_argument("--no-progress", action="store_true")
 
@@ -75,6 +94,8 @@ def _options(args):
         (args.fasttext_model is None or os.path.isfile(args.fasttext_model),
          f"--fasttext-model {args.fasttext_model}: no such file"),
         (args.num_cpus is None or args.num_cpus > 0, f"--num-cpus {args.num_cpus}: must be positive"),
+        (args.dedup_partitions is None or args.dedup_partitions > 0,
+         f"--dedup-partitions {args.dedup_partitions}: must be positive"),
     ]
     for ok, message in checks:
         if not ok:
@@ -97,51 +118,101 @@ def _options(args):
         samples_per_shard=args.samples_per_shard)
 
 
+def max_failed_inputs(value: str) -> int | float:
+    """``--max-failed-inputs``: a count (``3``) or a fraction of the inputs in (0, 1) (``0.01``)."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if number < 0 or (number >= 1 and not number.is_integer()):
+        raise ValueError(f"--max-failed-inputs {value}: expected a count (0, 1, 2, ...) or a fraction in (0, 1)")
+    return number if 0 < number < 1 else int(number)
+
+
+def _crawl_inputs(args) -> list:
+    from data_pipeline import storage
+    from data_pipeline.text.download import crawl_files, default_base_url
+    from data_pipeline.text.pipeline import InputFile
+
+    if args.max_files is not None and args.max_files <= 0:
+        raise ValueError(f"--max-files {args.max_files}: must be positive")
+    base = args.base_url or default_base_url()
+    cache = args.cache_dir or (None if storage.is_remote(args.output) else os.path.join(args.output, "_downloads"))
+    try:
+        remotes = crawl_files(args.crawl, args.format, args.max_files, base, cache, retries=args.retries)
+    except OSError as e:
+        raise ValueError(f"--crawl {args.crawl}: cannot read the file listing: {e}") from e
+    return [InputFile(path=r.path, source=r.source, url=r.url) for r in remotes]
+
+
 def resolve_inputs(args) -> list:
-    """The input files, sorted; local globs expanded, or the crawl's first files (to download)."""
+    """The input files, sorted; globs expanded and every file checked readable (a missing or
+    unreadable one is named now, before anything is written), or the crawl's first files."""
+    from data_pipeline import storage
+    from data_pipeline.text.inputs import check_dataset, format_of
     from data_pipeline.text.pipeline import InputFile
 
     if bool(args.input) == bool(args.crawl):
         raise ValueError("give exactly one of --input PATH_OR_GLOB ... or --crawl CC-MAIN-YYYY-WW")
     if args.crawl:
-        from data_pipeline.text.download import DEFAULT_BASE_URL, crawl_files
-
-        if args.max_files is not None and args.max_files <= 0:
-            raise ValueError(f"--max-files {args.max_files}: must be positive")
-        cache = args.cache_dir or os.path.join(args.output, "_downloads")
-        try:
-            remotes = crawl_files(args.crawl, args.format, args.max_files, args.base_url or DEFAULT_BASE_URL, cache,
-                                  retries=args.retries)
-        except OSError as e:
-            raise ValueError(f"--crawl {args.crawl}: cannot read the file listing: {e}") from e
-        return [InputFile(path=r.path, source=r.source, url=r.url) for r in remotes]
+        return _crawl_inputs(args)
     paths: list[str] = []
     for pattern in args.input:
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        if not matches or not all(os.path.isfile(m) for m in matches):
-            raise ValueError(f"--input {pattern}: no such file")
+        magic = glob.has_magic(pattern.split("://", 1)[-1])
+        matches = storage.glob(pattern) if magic else [pattern]
+        if not matches:
+            raise ValueError(f"--input {pattern}: matches no files")
+        for m in matches if not magic or not storage.is_remote(pattern) else []:
+            try:
+                storage.check_readable(m)
+            except storage.StorageError as e:
+                raise ValueError(f"--input {e}" if e.kind != "not_found" else f"--input {m}: no such file") from None
         paths += matches
+    paths = sorted(dict.fromkeys(paths))
+    for fmt in ("parquet", "jsonl"):  # a dataset without text is refused now; later files fail as inputs
+        first = next((p for p in paths if format_of(p) == fmt), None)
+        if first:
+            check_dataset(first, fmt)
     # workers (on a cluster, or with another working directory) get absolute paths; lineage keeps
     # the names as given
-    return [InputFile(path=os.path.abspath(p), source=p) for p in sorted(dict.fromkeys(paths))]
+    return [InputFile(path=storage.absolute(p), source=p) for p in paths]
 
 
 def run(args) -> int:
+    from data_pipeline import storage
+
     try:
         opts = _options(args)
+        allowed = max_failed_inputs(args.max_failed_inputs)
         inputs = resolve_inputs(args)
-    except ValueError as e:
+        if not inputs:
+            return _fail("no input files")
+        storage.check_writable(args.output)
+        if args.work_dir:
+            storage.check_writable(args.work_dir)
+    except (ValueError, storage.StorageError) as e:
         return _fail(str(e))
-    if not inputs:
-        return _fail("no input files")
-    from data_pipeline.text.counts import summary_table
-    from data_pipeline.text.pipeline import run_pipeline
+    from data_pipeline.text.counts import failed_inputs, failure_summary, summary_table
+    from data_pipeline.text.pipeline import FailedInputs, run_pipeline
 
     try:
         manifest = run_pipeline(inputs, args.output, opts, ray_address=args.ray_address, num_cpus=args.num_cpus,
-                                keep_work=args.keep_work, progress=not args.no_progress, retries=args.retries)
+                                keep_work=args.keep_work, progress=not args.no_progress, retries=args.retries,
+                                max_failed_inputs=allowed, dedup_partitions=args.dedup_partitions,
+                                work_dir=args.work_dir)
+    except FailedInputs as e:
+        print(f"pretrain data commoncrawl: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except storage.StorageError as e:
+        print(f"pretrain data commoncrawl: {e}; nothing half-written is left under its name, rerun to go on",
+              file=sys.stderr)
+        return EXIT_FAILED
     except ValueError as e:
         return _fail(str(e))
     print(summary_table(manifest))
-    print(f"wrote {os.path.join(args.output, 'manifest.json')}")
+    failed = failed_inputs(manifest["counts"]["files"])
+    if failed:
+        print("pretrain data commoncrawl: warning: " + failure_summary(failed, len(inputs)) + "\n(allowed by "
+              f"--max-failed-inputs {args.max_failed_inputs})", file=sys.stderr)
+    print(f"wrote {storage.join(args.output, 'manifest.json')}")
     return 0

@@ -9,15 +9,18 @@ from collections import Counter
 from data_pipeline.text.config import STAGES
 
 
-def summarise(files: list[dict], drops: dict[str, dict[int, tuple[str, str]]], split_documents: dict[str, int]) -> dict:
+def summarise(files: list[dict], dedup: dict[str, dict[str, int]], split_documents: dict[str, int]) -> dict:
+    """``files``: stage-1 counts per input file; ``dedup``: {file key: {reason: documents dropped}}."""
     per_file, records, skipped, dropped = [], Counter(), Counter(), Counter()
     for f in files:
         file_drops = Counter(f["dropped"])
-        for reason, _ in drops.get(f["key"], {}).values():
-            file_drops[f"dedup/{reason}"] += 1
+        for reason, n in dedup.get(f["key"], {}).items():
+            if n:
+                file_drops[f"dedup/{reason}"] += n
         kept = f["documents"] - sum(file_drops.values())
         per_file.append({"source": f["source"], "records": f["records"], "skipped": f["skipped"], "error": f["error"],
-                         "documents": f["documents"], "kept": kept, "dropped": dict(sorted(file_drops.items()))})
+                         "error_kind": f.get("error_kind"), "documents": f["documents"], "kept": kept,
+                         "dropped": dict(sorted(file_drops.items()))})
         records.update(f["records"])
         skipped.update(f["skipped"])
         dropped.update(file_drops)
@@ -57,4 +60,21 @@ def summary_table(manifest: dict) -> str:
                      f"{s['tokens']} tokens, {s['bytes']} bytes")
     if "tar_overhead" in manifest:
         lines.append(f"tar overhead: {manifest['tar_overhead']['ratio']:.2%} of token bytes")
+    return "\n".join(lines)
+
+
+def failed_inputs(files: list[dict]) -> list[dict]:
+    """The input files that could not be read to their end, with the kind of failure."""
+    return [{"source": f["source"], "kind": f.get("error_kind") or "corrupt", "error": f["error"]}
+            for f in files if f.get("error")]
+
+
+def failure_summary(failed: list[dict], total: int, limit: int = 20) -> str:
+    """Plain text: how many inputs failed, by kind, then the first ``limit`` of them."""
+    kinds = Counter(f["kind"] for f in failed)
+    head = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+    lines = [f"{len(failed)} of {total} input files failed ({head}):"]
+    lines += [f"  {f['source']}: {f['kind']}: {f['error']}" for f in failed[:limit]]
+    if len(failed) > limit:
+        lines.append(f"  ... and {len(failed) - limit} more (all in manifest.json counts.files when written)")
     return "\n".join(lines)

@@ -3,8 +3,9 @@
 MinHash follows FineWeb/datatrove: word 5-grams of the normalised text, 32-bit shingle hashes,
 ``bands * rows`` (14 x 8 = 112) universal hashes ``(a*x + b) mod (2^61 - 1)`` truncated to 32
 bits. Two documents are candidates when any band of 8 rows matches exactly; candidates are
-joined transitively (union-find) and each cluster keeps its smallest document id, so which copy
-survives depends only on the input order, never on scheduling.
+joined transitively and each cluster keeps its smallest document id, so which copy survives
+depends only on the input order, never on scheduling. The global step runs as a shuffle over
+partitions: ``shuffle.py``.
 """
 
 from __future__ import annotations
@@ -56,48 +57,3 @@ class MinHasher:
         with np.errstate(over="ignore"):
             phv = ((x * self.a + self.b) % MERSENNE) & MAX32
         return phv.min(axis=0).astype(np.uint32)
-
-
-class _UnionFind:
-    def __init__(self, n: int):
-        self.parent = list(range(n))
-
-    def find(self, x: int) -> int:
-        while self.parent[x] != x:
-            self.parent[x] = self.parent[self.parent[x]]
-            x = self.parent[x]
-        return x
-
-    def union(self, x: int, y: int) -> None:
-        rx, ry = self.find(x), self.find(y)
-        if rx != ry:  # the smaller index (= smaller document id) becomes the root
-            self.parent[max(rx, ry)] = min(rx, ry)
-
-
-def find_duplicates(ids: list[str], hashes: np.ndarray, signatures: np.ndarray | None, bands: int, rows: int,
-                    exact: bool = True, near: bool = True) -> dict[int, tuple[str, int]]:
-    """Documents to drop: {index: (reason, index of the kept copy)}. ``ids`` must be sorted, so
-    index order is id order and the smallest id of every group is kept."""
-    assert all(ids[i] < ids[i + 1] for i in range(len(ids) - 1)), "ids must be sorted and unique"
-    drop: dict[int, tuple[str, int]] = {}
-    alive = np.arange(len(ids))
-    if exact and len(ids):
-        _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
-        keeper = first[inverse.ravel()]
-        for i in np.nonzero(keeper != alive)[0]:
-            drop[int(i)] = ("exact", int(keeper[i]))
-        alive = np.nonzero(keeper == alive)[0]
-    if near and signatures is not None and len(alive) > 1:
-        uf = _UnionFind(len(ids))
-        sig = np.ascontiguousarray(signatures[alive])
-        for band in range(bands):
-            chunk = np.ascontiguousarray(sig[:, band * rows:(band + 1) * rows]).view(np.dtype((np.void, rows * 4)))
-            _, first, inverse = np.unique(chunk.ravel(), return_index=True, return_inverse=True)
-            rep = first[inverse.ravel()]
-            for j in np.nonzero(rep != np.arange(len(alive)))[0]:
-                uf.union(int(alive[rep[j]]), int(alive[j]))
-        for i in alive:
-            root = uf.find(int(i))
-            if root != i:
-                drop[int(i)] = ("near", root)
-    return drop

@@ -4,25 +4,26 @@ the exact hash and MinHash signature that global dedup needs.
 The result of a file is three files under ``_work/<fp>/stage1/``: ``<key>.kept.parquet`` (the kept
 documents, their text, lineage, scores, hash and signature), ``<key>.rejected.parquet`` (id, url,
 source, offset, stage, reason) and ``<key>.json`` (counts), the JSON written last as the marker
-that the file is done. All writes are atomic, so a killed run leaves either a finished file result
-or nothing.
+that the file is done. All writes are atomic (local or object store, through
+:mod:`data_pipeline.storage`), so a killed run leaves either a finished file result or nothing.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 from collections import Counter
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_pipeline.shards import write_bytes_atomic, write_json_atomic
+from data_pipeline import storage
 from data_pipeline.text import dedup, extract, filters, pii
 from data_pipeline.text.config import TextOptions
+from data_pipeline.text.inputs import iter_input
 from data_pipeline.text.langid import LanguageId
-from data_pipeline.text.reader import ReadStats, iter_documents
+from data_pipeline.text.reader import ReadStats
 
 KEPT_SCHEMA = pa.schema([("id", pa.string()), ("url", pa.string()), ("source", pa.string()), ("offset", pa.int64()),
                          ("lang", pa.string()), ("lang_score", pa.float64()), ("scores", pa.string()),
@@ -70,18 +71,21 @@ class DocumentFilter:
         return "", "", text
 
 
-def process_file(path: str, source: str, key: str, opts: TextOptions, out_dir: Path) -> dict:
-    """Run stage 1 on one file and write its results under ``out_dir``; returns the counts."""
+def process_file(path: str, source: str, key: str, opts: TextOptions, out_dir: str, fmt: str = "warc") -> dict:
+    """Run stage 1 on one local file of format ``fmt`` and write its results under ``out_dir``
+    (a local directory or a URI); returns the counts."""
     stats = ReadStats()
     doc_filter = DocumentFilter(opts)
     kept: dict[str, list] = {name: [] for name in KEPT_SCHEMA.names}
     rejected: dict[str, list] = {name: [] for name in REJECTED_SCHEMA.names}
     dropped: Counter = Counter()
     documents = 0
-    for raw in iter_documents(path, stats):
+    for raw in iter_input(path, fmt, stats):
         documents += 1
         doc_id = f"{key}-{raw.index:07d}"
         stage, reason, text, scores = _one_document(raw, doc_filter, opts)
+        if raw.source_id is not None:
+            scores["source_id"] = raw.source_id
         if stage:
             dropped[f"{stage}/{reason}"] += 1
             for col, val in zip(REJECTED_SCHEMA.names, (doc_id, raw.url, source, raw.offset, stage, reason, "")):
@@ -93,11 +97,13 @@ def process_file(path: str, source: str, key: str, opts: TextOptions, out_dir: P
                len(text), dedup.exact_hash(norm), doc_filter.minhasher.signature(norm).tobytes())
         for col, val in zip(KEPT_SCHEMA.names, row):
             kept[col].append(val)
-    _write_table(out_dir / f"{key}.kept.parquet", kept, KEPT_SCHEMA)
-    _write_table(out_dir / f"{key}.rejected.parquet", rejected, REJECTED_SCHEMA)
+    write_table(storage.join(out_dir, f"{key}.kept.parquet"), kept, KEPT_SCHEMA)
+    write_table(storage.join(out_dir, f"{key}.rejected.parquet"), rejected, REJECTED_SCHEMA)
     counts = {"key": key, "source": source, **stats.to_dict(), "documents": documents,
-              "kept_stage1": len(kept["id"]), "dropped": dict(sorted(dropped.items()))}
-    write_json_atomic(out_dir / f"{key}.json", counts)
+              "bytes": os.path.getsize(path) if os.path.exists(path) else 0,
+              "kept_stage1": len(kept["id"]), "kept_chars": sum(kept["chars"]), "dropped": dict(sorted(dropped.items()))}
+    if stats.error_kind != "io":  # an I/O error may pass (permissions fixed, disk back): no marker, a rerun retries
+        write_json(storage.join(out_dir, f"{key}.json"), counts)
     return counts
 
 
@@ -116,7 +122,23 @@ def _one_document(raw, doc_filter: DocumentFilter, opts: TextOptions) -> tuple[s
     return stage, reason, text, scores
 
 
-def _write_table(path: Path, columns: dict[str, list], schema: pa.Schema) -> None:
+def write_table(path: str, columns: dict[str, list] | pa.Table, schema: pa.Schema | None = None) -> None:
+    """A zstd parquet file, written atomically to a local path or a URI."""
+    table = columns if isinstance(columns, pa.Table) else pa.table(columns, schema=schema)
     buf = io.BytesIO()
-    pq.write_table(pa.table(columns, schema=schema), buf, compression="zstd")
-    write_bytes_atomic(path, buf.getvalue())
+    pq.write_table(table, buf, compression="zstd")
+    storage.write_bytes(path, buf.getvalue())
+
+
+def write_json(path: str, obj) -> None:
+    """JSON with sorted keys and a trailing newline (equal content, equal bytes), written atomically."""
+    storage.write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode())
+
+
+def read_json(path: str):
+    return json.loads(storage.read_bytes(path))
+
+
+def read_table(path: str, columns: list[str] | None = None) -> pa.Table:
+    with storage.open_random(path) as f, storage.errors_named(path):
+        return pq.read_table(f, columns=columns)

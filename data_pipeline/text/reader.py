@@ -30,19 +30,23 @@ class RawDoc:
     charset: str | None = None
     status: int | None = None
     truncated: bool = False
+    source_id: str | None = None  # the document's id in a dataset input (parquet, JSON lines)
 
 
 @dataclass
 class ReadStats:
-    """What one file held: records by WARC type, skipped records by reason, and the error if any."""
+    """What one file held: records by WARC type, skipped records by reason, and the error if any,
+    with its kind: ``corrupt`` (the bytes are not a valid file) or ``io`` (the system could not read
+    them: permission, I/O error), so one is never reported as the other."""
 
     records: Counter = field(default_factory=Counter)
     skipped: Counter = field(default_factory=Counter)
     error: str | None = None
+    error_kind: str | None = None
 
     def to_dict(self) -> dict:
         return {"records": dict(sorted(self.records.items())), "skipped": dict(sorted(self.skipped.items())),
-                "error": self.error}
+                "error": self.error, "error_kind": self.error_kind}
 
 
 def looks_like_html(content_type: str | None, body_head: bytes) -> bool:
@@ -75,9 +79,12 @@ def iter_documents(path: str, stats: ReadStats) -> Iterator[RawDoc]:
                     yield doc
                     if doc.truncated:
                         stats.error = f"record {doc.index} at offset {doc.offset} ends before its Content-Length"
+                        stats.error_kind = "corrupt"
                         return
     except (OSError, ValueError, EOFError, RuntimeError) as e:
         stats.error = f"{type(e).__name__}: {e} (after {index} records)"
+        # the OS sets errno (permission, EIO, missing file); fastwarc's parse errors carry none
+        stats.error_kind = "io" if isinstance(e, OSError) and e.errno is not None else "corrupt"
 
 
 def _to_document(record, index: int, stats: ReadStats) -> RawDoc | None:

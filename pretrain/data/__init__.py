@@ -27,9 +27,31 @@ from __future__ import annotations
 from pretrain.config import Config
 from pretrain.data.image import normalization
 from pretrain.data.loader import Loader, StreamSpec, text_specials
+from pretrain.data.shard_store import ShardError, ShardStore
 from pretrain.data.sources import SYNTHETIC_SPECIALS, read_manifest
 
-__all__ = ["Loader", "StreamSpec", "build_loader", "build_spec", "data_info", "image_size", "text_specials"]
+__all__ = ["Loader", "ShardError", "StreamSpec", "build_loader", "build_spec", "check_shards", "data_info",
+           "image_size", "manifest_sha256", "text_specials"]
+
+
+def manifest_sha256(path: str) -> str:
+    """sha256 of ``<path>/manifest.json``, for a local or a remote (s3://, gs://, https://) shard directory."""
+    from data_pipeline import storage
+
+    return storage.sha256(storage.join(path, "manifest.json"))
+
+
+def check_shards(cfg: Config) -> None:
+    """Before any rank starts: ``data.path`` has a manifest and every shard it lists is there with
+    its listed size (sha256s are checked by the loaders, see ``shard_store.py``). Raises
+    FileNotFoundError or ShardError naming what is wrong."""
+    if cfg.data.source != "shards":
+        return
+    manifest = read_manifest(cfg.data.path)
+    for split in manifest.get("splits", {}).values():
+        store = ShardStore(cfg.data.path, split.get("shards", []), cfg.data.verify, cfg.data.cache_dir,
+                           cfg.data.cache_gb)
+        store.check_sizes()
 
 
 def image_size(cfg: Config) -> int:
@@ -60,6 +82,8 @@ def build_spec(cfg: Config, split: str, dp_rank: int, dp_size: int, train: bool)
     if d.source == "shards":
         manifest = read_manifest(d.path)
         _check_kind(cfg, manifest)
+        if d.verify == "full" and split in manifest.get("splits", {}):  # once here; forked workers inherit it
+            ShardStore(d.path, manifest["splits"][split]["shards"], d.verify, d.cache_dir, d.cache_gb).open_check()
     return StreamSpec(
         family=cfg.model.family, split=split, source=d.source, path=d.path, seed=cfg.train.seed,
         dp_rank=dp_rank, dp_size=dp_size, batch_size=cfg.train.micro_batch_size, train=train,
@@ -67,6 +91,7 @@ def build_spec(cfg: Config, split: str, dp_rank: int, dp_size: int, train: bool)
         image_size=image_size(cfg), crop_scale_min=d.crop_scale_min, hflip=d.hflip,
         synthetic_samples=d.synthetic_samples, vocab_size=cfg.model.vocab_size,
         num_classes=cfg.model.num_classes, tokenizer=_tokenizer(cfg, manifest),
+        verify=d.verify, cache_dir=d.cache_dir, cache_gb=d.cache_gb,
     )
 
 

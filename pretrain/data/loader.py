@@ -62,10 +62,14 @@ class StreamSpec:
     num_classes: int = 1000
     tokenizer: dict = field(default_factory=dict)
     offset: int = 0  # global items (text windows, images) consumed before this batch geometry began
+    verify: str = "open"  # data.verify: shard checks against the manifest
+    cache_dir: str | None = None  # data.cache_dir: local copies of remote shards
+    cache_gb: float = 20.0
 
     def open_source(self):
         if self.source == "shards":
-            return ShardSource(self.path, self.split)
+            return ShardSource(self.path, self.split, verify=self.verify, cache_dir=self.cache_dir,
+                               cache_gb=self.cache_gb)
         if self.family == "vit":
             return SyntheticImage(self.seed, self.split, self.synthetic_samples, self.num_classes, self.image_size)
         return SyntheticText(self.seed, self.split, self.synthetic_samples, self.vocab_size, self.seq_len)

@@ -6,7 +6,9 @@ decodes anything: a shard is opened, its tar headers are read once into an index
 members ``<key>.<field>`` grouped by key in file order) and only the members a rank needs are read;
 of ``tokens.npy`` only the byte ranges of the rank's own windows (``tokens_range``).
 Shards are consumed in order, so reads stay sequential within a shard apart from the shuffle
-buffer's local reordering; a small LRU keeps the indices of recently used shards.
+buffer's local reordering; a small LRU keeps the indices of recently used shards. Every shard is
+checked against the manifest before use and remote shard directories are read through a bounded
+local cache (``shard_store.py``, ``data.verify``, ``data.cache_dir``, ``data.cache_gb``).
 
 Synthetic sources (``data.source=synthetic``) generate the same kinds of samples from the seed:
 text follows a fixed random successor permutation with 20% noise (so a model can learn it), images
@@ -24,16 +26,23 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from data_pipeline import storage
+from pretrain.data.shard_store import ShardStore
+
 SYNTHETIC_SPECIALS = {"pad_id": 0, "bos_id": 1, "eos_id": 2, "unk_id": 3, "mask_id": 4, "cls_id": 5, "sep_id": 6}
 SPECIAL_KEYS = ("pad_id", "bos_id", "eos_id", "cls_id", "sep_id", "mask_id")  # never masked by BERT
 
 
 def read_manifest(root: str | Path) -> dict:
-    path = Path(root) / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no manifest.json; data.path must be a shard directory written by "
-                                f"`pretrain data ...`")
-    return json.loads(path.read_text())
+    """``<root>/manifest.json``; ``root`` is a local directory or a URI (s3://, gs://, https://)."""
+    path = storage.join(str(root), "manifest.json")
+    try:
+        return json.loads(storage.read_bytes(path))
+    except storage.StorageError as e:
+        if e.kind == "not_found":
+            raise FileNotFoundError(f"{path}: no manifest.json; data.path must be a shard directory written by "
+                                    f"`pretrain data ...`") from None
+        raise
 
 
 class TarIndex:
@@ -89,13 +98,16 @@ class TarIndex:
 class ShardSource:
     """Random access to the samples of one split of a shard directory."""
 
-    def __init__(self, root: str | Path, split: str, cache_shards: int = 8):
-        self.root = Path(root)
+    def __init__(self, root: str | Path, split: str, cache_shards: int = 8, verify: str = "open",
+                 cache_dir: str | None = None, cache_gb: float = 20.0):
+        self.root = str(root)
         self.manifest = read_manifest(self.root)
         splits = self.manifest.get("splits", {})
         if split not in splits:
             raise KeyError(f"{self.root}/manifest.json has no split {split!r} (has: {', '.join(splits)})")
-        self.shards = [self.root / s["path"] for s in splits[split]["shards"]]
+        self.store = ShardStore(self.root, splits[split]["shards"], verify, cache_dir, cache_gb)
+        self.store.open_check()
+        self.shards = [self.store.location(i) for i in range(len(self.store.entries))]
         self._counts = [s.get("samples") for s in splits[split]["shards"]]
         self._cache: OrderedDict[int, TarIndex] = OrderedDict()
         self._cache_size = cache_shards
@@ -111,7 +123,7 @@ class ShardSource:
     def _index(self, shard: int) -> TarIndex:
         idx = self._cache.get(shard)
         if idx is None:
-            idx = TarIndex(self.shards[shard])
+            idx = TarIndex(self.store.local(shard))
             self._cache[shard] = idx
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)[1].close()

@@ -14,6 +14,7 @@ class RangeServer:
         self.root = Path(root)
         self.cut_off: Counter = Counter()  # path -> times to send only half the body, then close
         self.unavailable: Counter = Counter()  # path -> times to answer 503
+        self.no_length: set[str] = set()  # paths answered without Content-Length (the body ends at close)
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
         server = self
 
@@ -44,7 +45,8 @@ class RangeServer:
                 else:
                     self.send_response(200)
                 body = data[start:]
-                self.send_header("Content-Length", str(len(body)))
+                if rel not in server.no_length or rng:
+                    self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if server.cut_off[rel] > 0:
                     server.cut_off[rel] -= 1

@@ -57,3 +57,18 @@ def test_crawl_listing(served):
         crawl_files("2024-22", "wet", 1, server.url, cache)
     with pytest.raises(OSError, match="HTTP 404"):
         crawl_files("CC-MAIN-2023-01", "wet", 1, server.url, cache, retries=0)
+
+
+def test_a_body_without_a_stated_length_is_not_assumed_complete(served):
+    """The server sends no Content-Length and closes the connection half-way: that end is not
+    taken for the end of the file; a Range request for the rest confirms and completes it."""
+    server, payload, cache = served
+    rel = "crawl-data/CC-MAIN-2024-22/segments/f1.warc.wet.gz"
+    server.no_length.add(rel)
+    server.cut_off[rel] = 1
+    dest = fetch(server.url + rel, cache / "f1", retries=2, backoff=0.01)
+    assert dest.read_bytes() == payload
+    assert [r for p, r in server.requests if p == "/" + rel] == [None, f"bytes={len(payload) // 2}-"]
+    server.cut_off[rel] = 0
+    fetch(server.url + rel, cache / "whole", retries=2, backoff=0.01)  # a whole body: confirmed by a 416
+    assert [r for p, r in server.requests if p == "/" + rel][2:] == [None, f"bytes={len(payload)}-"]

@@ -25,7 +25,7 @@ import sentencepiece as spm
 import webdataset as wds
 
 from data_pipeline.text.config import TextOptions
-from data_pipeline.text.pipeline import InputFile, run_pipeline
+from data_pipeline.text.pipeline import FailedInputs, InputFile, run_pipeline
 from tests.conftest import shared_data_dir
 from tests.data_pipeline.warc_factory import build_corpus
 
@@ -100,8 +100,16 @@ def test_counts_add_up_per_input(reference, corpus):
     assert funnel[0]["in"] == total["documents"] and funnel[-1]["out"] == total["kept"]
 
 
+GOLDEN = json.loads((Path(__file__).parent / "golden_dedup.json").read_text())
+
+
+def dedup_rows(out: Path) -> list[list[str]]:
+    return sorted([r["id"], r["reason"], r["detail"]] for r in rejected_rows(out) if r["stage"] == "dedup")
+
+
 def test_edge_cases_dropped_for_the_right_reason(reference, corpus):
     out, _ = reference
+    assert dedup_rows(out) == GOLDEN["corpus"]["dedup"]  # what commit 970e726 dropped
     urls = corpus["urls"]
     by_url = {r["url"]: r for r in rejected_rows(out)}
     assert (by_url[urls["german"]]["stage"], by_url[urls["german"]]["reason"]) == ("lang", "language_de")
@@ -240,11 +248,20 @@ def test_killed_while_reading_then_after_a_shard_then_finished_is_identical(refe
 
 
 def test_shared_real_files_counts_add_up_and_corrupt_files_are_counted_errors(ray_started, tmp_path):
+    """The 4 damaged files among the real ones fail as inputs: with 3 allowed the job stops after
+    reading (naming them, writing no output); with 4 it finishes from the per-file work kept."""
     folder = shared_data_dir("commoncrawl")
     files = sorted(p for p in folder.iterdir() if p.is_file())
     inputs = [InputFile(path=str(p), source=p.name) for p in files]
     opts = TextOptions(langs=(), vocab_size=600, sample_tokens=4096, val_fraction=0.0)
-    m = run_pipeline(inputs, tmp_path / "out", opts, progress=False)
+    with pytest.raises(FailedInputs, match=r"4 of \d+ input files failed \(4 corrupt\)") as failed:
+        run_pipeline(inputs, tmp_path / "out", opts, progress=False, max_failed_inputs=3)
+    assert "warcio-bad.arc: corrupt: OSError: Invalid WARC header" in str(failed.value)
+    assert not (tmp_path / "out" / "manifest.json").exists() and not list((tmp_path / "out").glob("*/*.tar"))
+    read = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("_work/*/stage1/*.json")}
+    assert len(read) == len(files)
+    m = run_pipeline(inputs, tmp_path / "out", opts, progress=False, max_failed_inputs=4, keep_work=True)
+    assert {p: p.stat().st_mtime_ns for p in read} == read  # the files were not read again
     per_file = {f["source"]: f for f in m["counts"]["files"]}
     assert set(per_file) == {p.name for p in files}
     rejected = Counter(r["source"] for r in rejected_rows(tmp_path / "out"))
@@ -254,18 +271,22 @@ def test_shared_real_files_counts_add_up_and_corrupt_files_are_counted_errors(ra
         html = f["records"].get("response", 0) - f["skipped"].get("non_html", 0)
         assert f["documents"] == html + f["records"].get("conversion", 0), name
     errors = {n for n, f in per_file.items() if f["error"]}
+    assert {per_file[n]["error_kind"] for n in errors} == {"corrupt"}
     assert errors == {"warcio-example-trunc.warc", "warcio-bad.arc", "resiliparse-clipped.warc.gz",
                       "CC-MAIN-2024-22.warc.paths.gz"}
     assert per_file["resiliparse-clipped.warc.gz"]["dropped"] == {"read/truncated": 1}
     assert per_file["pywb-iana.warc.gz"]["documents"] == 20 and per_file["dolma-sample-0000.warc.gz"]["documents"] == 22
     assert per_file["resiliparse-clueweb09-quirk.warc.gz"]["documents"] == 29
     assert m["counts"]["total"]["files_with_errors"] == 4 and m["counts"]["total"]["kept"] >= 20
+    assert dedup_rows(tmp_path / "out") == GOLDEN["shared"]["dedup"]
     assert m["counts"]["total"]["kept"] == m["splits"]["train"]["documents"]
 
 
 def test_crawl_download_from_a_local_server(ray_started, corpus, tmp_path, capsys):
     """--crawl reads <format>.paths.gz from --base-url, downloads (surviving a cut-off response) and
-    processes the files; the result equals the same files given with --input."""
+    processes the files; the result equals the same files given with --input. A listed file the
+    server does not have fails the job (exit 1, named) unless --max-failed-inputs allows it; the
+    rerun does not download the finished files again."""
     import gzip
     import shutil
 
@@ -280,24 +301,30 @@ def test_crawl_download_from_a_local_server(ray_started, corpus, tmp_path, capsy
         if f.endswith(".gz"):
             shutil.copy(f, seg / os.path.basename(f))
             rel.append(f"crawl-data/CC-MAIN-2024-22/segments/1/{os.path.basename(f)}")
+    missing = "crawl-data/CC-MAIN-2024-22/segments/1/not-there.warc.gz"
     with gzip.open(root / "crawl-data/CC-MAIN-2024-22/warc.paths.gz", "wt") as fh:
-        fh.write("\n".join(rel + ["crawl-data/CC-MAIN-2024-22/segments/1/not-there.warc.gz"]) + "\n")
+        fh.write("\n".join(rel + [missing]) + "\n")
     parser = __import__("argparse").ArgumentParser()
     cli.add_arguments(parser)
     with RangeServer(root) as server:
         server.cut_off[rel[0]] = 1
-        args = parser.parse_args(["--crawl", "CC-MAIN-2024-22", "--format", "warc", "--max-files", "3",
-                                  "--base-url", server.url, "--retries", "2", "-o", str(tmp_path / "out"),
-                                  "--vocab-size", "800", "--no-progress", "--langs", "en"])
-        assert cli.run(args) == 0
+        argv = ["--crawl", "CC-MAIN-2024-22", "--format", "warc", "--max-files", "3", "--base-url", server.url,
+                "--retries", "2", "-o", str(tmp_path / "out"), "--vocab-size", "800", "--no-progress", "--langs", "en"]
+        assert cli.run(parser.parse_args(argv)) == 1
+        err = capsys.readouterr().err
+        assert f"1 of 3 input files failed (1 download):\n  {missing}: download: " in err and "HTTP 404" in err
+        assert not (tmp_path / "out" / "manifest.json").exists()
+        assert cli.run(parser.parse_args(argv + ["--max-failed-inputs", "1"])) == 0
         assert sum(1 for p, r in server.requests if p == "/" + rel[0] and r) == 1  # resumed with Range
+        assert sum(1 for p, _ in server.requests if p == "/" + rel[0]) == 2  # and not fetched again on the rerun
     m = json.loads((tmp_path / "out" / "manifest.json").read_text())
     files = {f["source"]: f for f in m["counts"]["files"]}
     assert files[rel[0]]["documents"] == corpus["html_documents"]["a.warc.gz"]
     assert files[rel[1]]["documents"] == corpus["html_documents"]["c.warc.wet.gz"]
-    assert "HTTP 404" in files["crawl-data/CC-MAIN-2024-22/segments/1/not-there.warc.gz"]["error"]
+    assert "HTTP 404" in files[missing]["error"] and files[missing]["error_kind"] == "download"
     assert (tmp_path / "out" / "_downloads" / rel[0]).read_bytes() == Path(corpus["files"][0]).read_bytes()
-    assert "tar overhead" in capsys.readouterr().out
+    out = capsys.readouterr()
+    assert "tar overhead" in out.out and "warning: 1 of 3 input files failed" in out.err
 
 
 def test_rerun_with_other_options_into_the_same_directory_never_reuses_old_shards(reference, corpus, tmp_path):
@@ -373,3 +400,87 @@ def test_inspect_shows_the_first_document_of_the_reference_run(reference, capsys
     lineage, text = decoded_documents(out)[0]
     assert report["sample"]["first_document"] == lineage and report["sample"]["text"] == text
     assert report["counts"]["total"]["kept"] == sum(s["documents"] for s in report["splits"].values())
+
+
+def test_more_dedup_partitions_give_the_same_bytes(reference, corpus, tmp_path):
+    inputs = [InputFile(path=f, source=os.path.basename(f)) for f in corpus["files"]]
+    run_pipeline(inputs, tmp_path / "out", options(), progress=False, dedup_partitions=3, keep_work=True)
+    assert len(list((tmp_path / "out").glob("_work/*/dedup-*/pairs/*.parquet"))) == 3
+    _same_as_reference(tmp_path / "out", reference)
+
+
+def test_rerun_rewrites_a_truncated_and_an_edited_shard_and_keeps_the_others(reference, corpus, tmp_path, capsys):
+    """A finished output whose shards no longer match the manifest is not returned as finished:
+    the damaged shards are written again, the verified ones kept as they are."""
+    import shutil
+
+    ref_out, _ = reference
+    out = tmp_path / "out"
+    shutil.copytree(ref_out, out)
+    shards = sorted(out.glob("train/*.tar"))
+    assert len(shards) >= 3
+    shards[0].write_bytes(shards[0].read_bytes()[:-512])  # torn
+    data = bytearray(shards[1].read_bytes())
+    data[600] ^= 0xFF  # edited, same size
+    shards[1].write_bytes(bytes(data))
+    kept = {p: p.stat().st_mtime_ns for p in out.glob("*/*.tar") if p not in shards[:2]}
+    inputs = [InputFile(path=f, source=os.path.basename(f)) for f in corpus["files"]]
+    run_pipeline(inputs, out, options(), progress=True)
+    err = capsys.readouterr().err
+    assert f"{shards[0]}: " in err and f"{shards[1]}: sha256 differs from the manifest's" in err
+    _same_as_reference(out, reference)
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+
+
+def test_vocab_too_small_for_the_real_warcs_exits_2_with_the_minimum_and_keeps_the_work(ray_started, tmp_path,
+                                                                                         capsys):
+    """As a new user would: the shared real WARCs with --vocab-size 300 (sentencepiece needs 343)."""
+    from data_pipeline.text import cli
+
+    folder = shared_data_dir("commoncrawl")
+    argv = ["--input", str(folder / "*.warc.gz"), "-o", str(tmp_path / "out"), "--max-failed-inputs", "1",
+            "--no-progress"]
+    assert cli.run(_parse(cli, argv + ["--vocab-size", "300"])) == 2
+    err = capsys.readouterr().err
+    assert "--vocab-size 300 is too small for this text: the tokenizer needs at least 343 pieces" in err
+    assert "Traceback" not in err and not (tmp_path / "out" / "manifest.json").exists()
+    done = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("_work/*/*/*.json")}
+    assert len([p for p in done if p.parent.name == "stage1"]) == 11
+    assert cli.run(_parse(cli, argv + ["--vocab-size", "343", "--keep-work"])) == 0
+    assert {p: p.stat().st_mtime_ns for p in done} == done  # read, dedup and the sample were not redone
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["tokenizer"]["vocab_size"] == 343
+
+
+def _parse(cli, argv):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_disk_full_while_writing_shards_names_the_file_and_leaves_nothing_half_written(
+        reference, sources_in_place, tmp_path, monkeypatch, capsys):
+    """The output on a tmpfs with room for everything but the shards (intermediates elsewhere)
+    fills up while shards are written: exit 1 naming the shard, no temp file or partial shard
+    left; with room made (remount) the same command finishes and equals the reference byte for byte."""
+    from data_pipeline.text import cli
+    from tests.data_pipeline.test_text_units import tmpfs
+
+    ref_out, _ = reference
+    pages = sum(-(-p.stat().st_size // 4096) for p in [ref_out / "tokenizer.model", *ref_out.glob("rejected/*")])
+    first = -(-min(p.stat().st_size for p in ref_out.glob("train/*.tar")) // 4096)
+    monkeypatch.chdir(sources_in_place)
+    with tmpfs(tmp_path / "small", f"size={(pages + 2 + first) * 4}k") as small:
+        argv = ["--input", "a.warc.gz", "b.warc", "c.warc.wet.gz", "-o", str(small / "out"), "--work-dir",
+                str(tmp_path / "work"), *CLI_ARGS]
+        assert cli.run(_parse(cli, argv)) == 1
+        err = capsys.readouterr().err
+        assert "/shard-0000" in err and f"{small / 'out'}/" in err and "no space left" in err, err
+        assert not list(small.rglob("*.tmp-*")) and not (small / "out" / "manifest.json").exists()
+        records = {json.loads(p.read_text())["path"] for p in (tmp_path / "work").glob("tokens-*/shards/*.json")}
+        written = {p.relative_to(small / "out").as_posix() for p in (small / "out").glob("*/*.tar")}
+        assert written == records  # every shard there is a finished, recorded one
+        subprocess.run(["mount", "-o", "remount,size=16m", str(small)], check=True)
+        assert cli.run(_parse(cli, argv)) == 0
+        _same_as_reference(small / "out", reference)

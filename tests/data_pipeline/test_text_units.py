@@ -4,7 +4,10 @@ dedup, tokenizer ids, packing and the command line's input checks."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,7 @@ import pytest
 from data_pipeline.text import dedup, extract, filters, packing, pii
 from data_pipeline.text.reader import ReadStats, dechunk, iter_documents
 from tests.conftest import shared_data_dir
+from tests.data_pipeline.reference_dedup import find_duplicates
 from tests.data_pipeline.warc_factory import ACCENTED, WarcBuilder, article_html, articles, near_copy
 
 # documents (HTML responses) per shared file, and whether reading it ends in an error
@@ -151,8 +155,8 @@ def test_minhash_similarity_and_deterministic_keeper():
     assert (sig[0] == sig[1]).mean() > 0.8 and (sig[0] == sig[2]).mean() < 0.1
     hashes = np.array([dedup.exact_hash(dedup.normalise("\n".join(d))) for d in docs], dtype=np.uint64)
     ids = [f"00000-{i:07d}" for i in range(5)]
-    assert dedup.find_duplicates(ids, hashes, sig, 14, 8) == {1: ("near", 0), 3: ("exact", 0)}
-    assert dedup.find_duplicates(ids, hashes, sig, 14, 8, near=False) == {3: ("exact", 0)}
+    assert find_duplicates(ids, hashes, sig, 14, 8) == {1: ("near", 0), 3: ("exact", 0)}
+    assert find_duplicates(ids, hashes, sig, 14, 8, near=False) == {3: ("exact", 0)}
     assert dedup.exact_hash(dedup.normalise("Hello,   WORLD!")) == dedup.exact_hash(dedup.normalise("hello world"))
 
 
@@ -175,10 +179,17 @@ def test_tokenizer_special_ids_and_roundtrip():
 
 def test_packing_keeps_whole_documents_and_merges_a_short_tail():
     docs = [{"length": n, "split": "train"} for n in (5, 5, 5, 12, 1)] + [{"length": 3, "split": "val"}]
-    plan = packing.plan_samples([("00000", docs)], sample_tokens=10)
-    assert plan["train"] == [[("00000", 0), ("00000", 1)], [("00000", 2), ("00000", 3), ("00000", 4)]]
-    assert plan["val"] == [[("00000", 5)]]
+    plan = packing.pack(docs, sample_tokens=10)
+    assert plan["train"] == [[0, 1], [2, 3, 4]]
+    assert plan["val"] == [[5]]
     assert packing.split_of(123, 0.0) == "train" and packing.split_of(5, 1.0 - 1e-9) == "val"
+
+
+def test_shards_are_planned_from_per_file_sample_counts():
+    counts = [("000000", 3), ("000001", 0), ("000002", 4), ("000003", 1)]
+    shards = list(packing.plan_shards(counts, 3))
+    assert shards == [[("000000", 0, 3)], [("000002", 0, 3)], [("000002", 3, 4), ("000003", 0, 1)]]
+    assert list(packing.plan_shards([("000000", 0)], 3)) == []
 
 
 def _args(**kw):
@@ -223,3 +234,69 @@ def test_cli_is_registered():
 
     args = build_parser().parse_args(["data", "commoncrawl", "--input", "x", "-o", "y"])
     assert args._run.__module__ == "data_pipeline.text.cli" and Path(args.output).name == "y"
+
+
+# -- bad inputs and outputs: a clear error naming the path, exit 2, nothing written ---------------
+@contextlib.contextmanager
+def unprivileged():
+    """File permissions apply to this process: as root, switch the effective user to nobody."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.setegid(65534)
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str):
+    path.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}): needs root")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_input_without_read_permission_exits_2_naming_it(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    tmp_path.chmod(0o755)
+    (tmp_path / "in").chmod(0o755)
+    secret = tmp_path / "in" / "x.warc.gz"
+    secret.write_bytes(b"WARC/1.0\r\n")
+    secret.chmod(0o000)
+    cli, args = _args(input=[str(secret)], o=str(tmp_path / "out"))
+    with unprivileged():
+        code = cli.run(args)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"--input {secret}: permission denied" in err and not (tmp_path / "out").exists()
+
+
+def test_empty_input_glob_exits_2_naming_it(tmp_path, capsys):
+    cli, args = _args(input=[str(tmp_path / "*.warc.gz")], o=str(tmp_path / "out"))
+    assert cli.run(args) == 2
+    assert f"--input {tmp_path}/*.warc.gz: matches no files" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_read_only_output_exits_2_naming_it(tmp_path, capsys):
+    src = tmp_path / "in.warc.wet.gz"
+    b = WarcBuilder(src)
+    b.conversion("https://x/1", "\n".join(articles(1)[0]))
+    b.close()
+    with tmpfs(tmp_path / "ro", "ro,size=1m") if os.geteuid() == 0 else contextlib.nullcontext(tmp_path / "ro") as ro:
+        if os.geteuid() != 0:
+            ro.mkdir()
+            ro.chmod(0o555)
+        cli, args = _args(input=[str(src)], o=str(ro / "out"))
+        assert cli.run(args) == 2
+        err = capsys.readouterr().err
+        assert f"{ro / 'out'}: " in err and ("read-only file system" in err or "permission denied" in err), err
+        assert not list(ro.iterdir())
