@@ -78,6 +78,8 @@ def drop_highest_loss(points: Points, k: int) -> tuple[Points, Points]:
     replication's exclusion of its five highest-loss points; ties drop together)."""
     if k <= 0:
         return points, points.subset(np.zeros(len(points), bool))
+    if k >= len(points):
+        raise FitError(f"dropping the {k} highest-loss points would leave none of the {len(points)}")
     threshold = np.sort(points.loss)[-k]
     keep = points.loss < threshold
     return points.subset(keep), points.subset(~keep)

@@ -33,6 +33,7 @@ LOG = "train.log"
 POLL_S = 0.2
 
 _RUNNING: set[subprocess.Popen] = set()
+_STOPPING = {"signal": None}  # set once this process has asked its trials to stop
 
 
 class TrialFailed(RuntimeError):
@@ -55,6 +56,7 @@ class Outcome:
 
 def stop_running(signum: int = signal.SIGTERM) -> None:
     """Pass ``signum`` to every training process of this process (they checkpoint and exit)."""
+    _STOPPING["signal"] = signum
     for proc in list(_RUNNING):
         if proc.poll() is None:
             proc.send_signal(signum)
@@ -117,6 +119,17 @@ def _tail(path: Path, lines: int = 25) -> str:
         return ""
 
 
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the sweep that started it dies, even by
+    SIGKILL, so the trial checkpoints and exits instead of training on as an orphan."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _train(trial: Trial, train_cmd: list[str], nproc: int, overrides: list[str], env: dict | None) -> None:
     """Run one training process to completion; raise on failure."""
     cmd = [*train_cmd, str(trial.run_dir / CONFIG), *overrides] + (["--nproc", str(nproc)] if nproc > 1 else [])
@@ -126,7 +139,7 @@ def _train(trial: Trial, train_cmd: list[str], nproc: int, overrides: list[str],
         out.flush()
         # its own session: a terminal's Ctrl-C reaches the sweep, which asks the trial to checkpoint
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_die_with_parent)
         _RUNNING.add(proc)
         try:
             while proc.poll() is None:
@@ -136,6 +149,8 @@ def _train(trial: Trial, train_cmd: list[str], nproc: int, overrides: list[str],
                 proc.send_signal(signal.SIGTERM)
                 proc.wait()
             _RUNNING.discard(proc)
+    if proc.returncode != 0 and _STOPPING["signal"] is not None:  # stopped while starting up: nothing to save yet
+        raise TrialInterrupted(f"trial {trial.name} was stopped (exit {proc.returncode}); rerun the sweep to resume it")
     if proc.returncode != 0:
         raise TrialFailed(f"trial {trial.name}: `pretrain train` exited {proc.returncode}; end of {log}:\n"
                           f"{_tail(log)}")

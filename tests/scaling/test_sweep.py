@@ -59,7 +59,7 @@ def test_debug_sweep_stopped_and_rerun_trains_no_step_twice_then_fits(shards, tm
     with log1.open("w") as f:
         proc = subprocess.Popen(_sweep_cmd(*args), cwd=tmp_path, env=env({"PRETRAIN_TEST_STEP_SLEEP": "0.1"}),
                                 stdout=f, stderr=subprocess.STDOUT)
-    wait_for(lambda: (victim / "metrics.jsonl").is_file() and len(_steps(victim)) >= 3, timeout=240, interval=0.05,
+    wait_for(lambda: (victim / "metrics.jsonl").is_file() and len(_steps(victim)) >= 3, timeout=600, interval=0.05,
              what="the second trial's third step", proc=proc, log=log1)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM, log1.read_text()[-3000:]
