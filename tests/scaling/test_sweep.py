@@ -8,6 +8,7 @@ tasks: a constant-LR run, then a cooldown fork that starts from its checkpoint a
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,12 +130,16 @@ def test_wsd_sweep_on_ray_forks_a_cooldown_from_the_constant_lr_run(shards, tmp_
     checkpoint that decays over steps 16-20 -- both Ray tasks (the fork waits on the stable run)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "sweep"
-    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # a private Ray session dir (short: unix socket paths)
-    proc = subprocess.run(_sweep_cmd(DEBUG, f"data.path={shards}", f"tracking.uri={uri}", f"sweep.out={out}",
-                                     "sweep.mode=wsd", "sweep.tokens=[5120]", "sweep.cooldown_fraction=0.25",
-                                     "sweep.ladder=[{hidden_size: 32, num_layers: 2, num_heads: 2}]", "train.log_every=1",
-                                     "--ray-address", "local"),
-                          cwd=tmp_path, env=env({"RAY_TMPDIR": ray_tmp}), capture_output=True, text=True, timeout=600)
+    ray_tmp = tempfile.mkdtemp(prefix="ray-sweep-", dir="/tmp")  # a private Ray session dir (short: socket paths)
+    try:
+        proc = subprocess.run(_sweep_cmd(DEBUG, f"data.path={shards}", f"tracking.uri={uri}", f"sweep.out={out}",
+                                         "sweep.mode=wsd", "sweep.tokens=[5120]", "sweep.cooldown_fraction=0.25",
+                                         "sweep.ladder=[{hidden_size: 32, num_layers: 2, num_heads: 2}]",
+                                         "train.log_every=1", "--ray-address", "local"),
+                              cwd=tmp_path, env=env({"RAY_TMPDIR": ray_tmp}), capture_output=True, text=True,
+                              timeout=600)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     stable, fork = out / "L2H32-stable", out / "L2H32-D5120"
     assert _steps(stable) == list(range(1, 16)) and _steps(fork) == list(range(16, 21))
