@@ -20,8 +20,9 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("launch",), "launch.launchers", "start a training job locally, on a hostfile, torchrun, SLURM, Ray or Kubernetes"),
     (("export",), "pretrain.export_cli", "export a training checkpoint to a Hugging Face directory or safetensors"),
     (("import-hf",), "pretrain.import_cli", "import a Hugging Face model directory as a checkpoint to continue from"),
-    (("sweep",), "pretrain.scaling.sweep_cli", "run a scaling-law sweep as MLflow parent/child runs"),
-    (("scaling", "fit"), "pretrain.scaling.fit_cli", "fit L(N, D) to sweep results and plot it"),
+    (("sweep",), "launch.sweep_cli", "run a scaling-law sweep as MLflow parent/child runs"),
+    (("scaling", "fit"), "launch.scaling_fit_cli", "fit L(N, D) to sweep results and plot it"),
+    (("scaling", "plan"), "launch.scaling_plan_cli", "compute-optimal N and D for a budget, and a config for that size"),
     (("config", "show"), "launch.config_cli", "print the resolved config and the DeepSpeed JSON"),
 ]
 

@@ -218,6 +218,15 @@ class CheckpointConfig(Section):
     keep_last: int = Field(2, ge=1)
     resume: str | None = None  # None, "auto" (latest under run_dir) or a checkpoint directory
     init_from: str | None = None  # weights only (import-hf output or another checkpoint)
+    # with resume: start a new run from that checkpoint's state (weights, optimizer, step, data
+    # position) -- its own MLflow run, e.g. a WSD cooldown branch -- instead of continuing its run
+    fork: bool = False
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.fork and self.resume in (None, "auto"):
+            _fail("checkpoint.fork", True, "needs checkpoint.resume=<a checkpoint directory> to branch from")
+        return self
 
 
 class TrackingConfig(Section):

@@ -227,21 +227,25 @@ def build_setup(cfg: Config) -> Setup:
     items, flops_per_item = _items_and_flops(cfg, dp)
     precision = cfg.parallel.precision
     float_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    tracker = _tracker(cfg, state.get("mlflow_run_id"))
+    fork = cfg.checkpoint.fork and resume_dir is not None
+    tracker = _tracker(cfg, None if fork else state.get("mlflow_run_id"))
     setup = Setup(cfg=cfg, mpu=mpu, model=model, engine=engine, train_loader=loader, train_iter=iter(loader),
                   tracker=tracker, data_info=info, dp_size=dp, dp_rank=dp_rank, family=cfg.model.family,
                   device=D.device(), float_dtype=float_dtype, items_per_step=items, flops_per_item=flops_per_item,
                   peak_flops=peak_flops_per_rank() * world, start_step=state.get("step", 0),
                   tokens_seen=state.get("tokens_seen", 0), skipped_before=engine.skipped_steps,
                   last_logged=state.get("step", 0))
-    if resume_dir is None:
+    if resume_dir is None or fork:
         log_run_metadata(tracker, cfg, world, dp)
+        if fork:
+            tracker.set_tags({"forked_from": str(resume_dir), "forked_at_step": setup.start_step})
     elif any(str(state.get(k)) != str(v) for k, v in layout(cfg, world).items() if k in state):
         # a resume on another layout: the run's layout tags follow, and say from which step
         tracker.set_tags({**layout(cfg, world), "layout_changed_at_step": setup.start_step})
     D.print0(f"[pretrain] {cfg.model.family} | world {world} = data {dp} x tensor {cfg.parallel.tensor_size} | "
              f"ZeRO {cfg.parallel.zero_stage} | {precision} | global batch {global_batch(cfg, dp)} | "
-             + (f"resumed from {resume_dir} at step {setup.start_step}" if resume_dir else "fresh start"))
+             + (f"{'forked' if fork else 'resumed'} from {resume_dir} at step {setup.start_step}" if resume_dir
+                else "fresh start"))
     return setup
 
 

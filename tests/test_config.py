@@ -33,6 +33,11 @@ def test_configs_exist_for_every_family():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.relative_to(REPO / "configs").as_posix())
 def test_shipped_config_validates(path):
+    if "sweep" in (yaml.safe_load(path.read_text()) or {}):  # a scaling sweep: its base config and every trial
+        from pretrain.scaling.spec import load_sweep, plan
+
+        assert plan(load_sweep(path))
+        return
     cfg = load_config(path)
     world = cfg.parallel.tensor_size * 8
     ds = deepspeed_config(cfg, world)
