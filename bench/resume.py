@@ -1,8 +1,8 @@
 """Restart cost: resuming a checkpoint on its own layout (DeepSpeed's loader) against resuming it
-on another layout (``pretrain.reshard``), in one run, same checkpoint, same process count.
+on another layout (``pretrain.checkpoint.reshard``), in one run, same checkpoint, same process count.
 
 Trains a model for one step on 2 local ranks (``--stage``, ``--tp`` as asked) and saves; then, in
-fresh 2-rank jobs, times only the restore (``pretrain.train_setup._restore`` after the engine is
+fresh 2-rank jobs, times only the restore (``pretrain.checkpoint.restore`` after the engine is
 built) for each target layout, best of ``--repeats``. Prints JSON and a one-line summary.
 
     python bench/resume.py --config configs/gpt/gpt2-124m.yaml --stage 1 --targets 1,0,2,3 --out out.json
@@ -33,7 +33,8 @@ setup = T.build_setup(cfg)  # the engine of the target layout, fresh
 from pathlib import Path
 D.barrier()
 t = time.perf_counter()
-T._restore(setup.engine, setup.train_loader, Path(resume), cfg, setup.mpu)
+from pretrain.checkpoint import restore
+restore(setup.engine, setup.train_loader, Path(resume), cfg, setup.mpu)
 D.barrier()
 if D.rank() == 0:
     print("RESTORE_SECONDS", time.perf_counter() - t, flush=True)

@@ -47,8 +47,7 @@ def run(args) -> int:
         if cfg.data.source == "shards" and not os.path.isfile(os.path.join(cfg.data.path, "manifest.json")):
             raise ConfigError([("data.path", cfg.data.path, "no manifest.json there; run `pretrain data ...` first")])
         if cfg.checkpoint.resume:  # a missing, half-written or incompatible checkpoint fails here, not in N ranks
-            from pretrain.checkpoint import CheckpointError
-            from pretrain.reshard import preflight
+            from pretrain.checkpoint import CheckpointError, preflight
 
             try:
                 preflight(cfg, world)

@@ -323,7 +323,7 @@ def _check_rampup(cfg: Config, dp: int) -> None:
 
 def layout(cfg: Config, world: int) -> dict:
     """The parallel layout of a job of ``world`` ranks: MLflow tags, ``trainer_state.json`` keys,
-    and what DeepSpeed's own checkpoint loader needs unchanged (``pretrain.reshard``)."""
+    and what DeepSpeed's own checkpoint loader needs unchanged (``pretrain.checkpoint.resume``)."""
     p = cfg.parallel
     return {"world_size": world, "data_parallel_size": world // p.tensor_size, "tensor_parallel_size": p.tensor_size,
             "zero_stage": p.zero_stage, "precision": p.precision}

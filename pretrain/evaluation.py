@@ -57,7 +57,7 @@ def _no_val_reason(cfg: Config, dp_size: int) -> str | None:
 def evaluate(setup, cfg: Config) -> dict[str, float]:
     """Mean metrics over up to ``train.eval_steps`` batches of the val split (empty when none)."""
     from pretrain.data import build_loader
-    from pretrain.trainer import _to_device
+    from pretrain.train_setup import to_device
 
     reason = _no_val_reason(cfg, setup.dp_size)
     if reason:
@@ -75,7 +75,7 @@ def evaluate(setup, cfg: Config) -> dict[str, float]:
         for i, batch in enumerate(loader):
             if i >= cfg.train.eval_steps:
                 break
-            for k, v in _sums(model, _to_device(batch, setup.device, setup.float_dtype), setup.family).items():
+            for k, v in _sums(model, to_device(batch, setup.device, setup.float_dtype), setup.family).items():
                 totals[k] = totals.get(k, 0.0) + v
             now = time.perf_counter()
             if now - last_report >= PROGRESS_EVERY_S:  # long evaluations show they are alive

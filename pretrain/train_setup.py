@@ -100,6 +100,18 @@ def grad_norm(engine) -> float:
     return float(norm) if norm is not None else float("nan")
 
 
+def to_device(batch: dict, device, float_dtype) -> dict:
+    """A loader batch on ``device``, floating-point tensors (images) in the training precision."""
+    out = {}
+    for k, v in batch.items():
+        if torch.is_tensor(v):
+            v = v.to(device, non_blocking=True)
+            if v.is_floating_point():
+                v = v.to(float_dtype)
+        out[k] = v
+    return out
+
+
 @dataclass
 class Setup:
     cfg: Config
@@ -170,10 +182,9 @@ def _build_model(cfg: Config, mpu) -> nn.Module:
 
 def _load_init_weights(model: nn.Module, cfg: Config, mpu) -> None:
     """``checkpoint.init_from``: weights only, from an import-hf directory or a checkpoint."""
-    from pretrain.consolidate import load_init_weights
     from pretrain.parallel import shard_state_dict
 
-    full = load_init_weights(cfg.checkpoint.init_from, cfg.model)
+    full = C.load_init_weights(cfg.checkpoint.init_from, cfg.model)
     local = shard_state_dict(full, cfg.model, mpu.get_model_parallel_rank(), mpu.get_model_parallel_world_size())
     missing, unexpected = model.load_state_dict(local, strict=False)
     if missing or unexpected:
@@ -223,7 +234,7 @@ def build_setup(cfg: Config) -> Setup:
 
     state: dict = {}
     if resume_dir is not None:
-        state = _restore(engine, loader, resume_dir, cfg, mpu)
+        state = C.restore(engine, loader, resume_dir, cfg, mpu)
     items, flops_per_item = _items_and_flops(cfg, dp)
     precision = cfg.parallel.precision
     float_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
@@ -282,26 +293,3 @@ def log_run_metadata(tracker, cfg: Config, world: int, dp: int) -> None:
     tracker.log_text(json.dumps(deepspeed_config(cfg, world), indent=2), "config/deepspeed.json")
     if cfg.data.source == "shards":
         tracker.log_artifact(str(Path(cfg.data.path) / "manifest.json"), "data")
-
-
-def _restore(engine, loader, tag_dir: Path, cfg: Config, mpu) -> dict:
-    """Resume from ``tag_dir``: bit for bit through DeepSpeed's own loader when the layout (world,
-    tensor size, ZeRO stage, precision) is the checkpoint's, else resharded (``pretrain.reshard``)."""
-    from pretrain import reshard
-
-    saved, old = reshard.saved_layout(tag_dir)
-    if old != layout(cfg, D.world_size()):
-        return reshard.restore(engine, loader, tag_dir, cfg, mpu)
-    state = C.read_json(tag_dir, "trainer_state.json")
-    with C.weights_only_loads(tag_dir):
-        load_path, _ = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name, load_optimizer_states=True,
-                                              load_lr_scheduler_states=True)
-    if load_path is None:
-        raise C.CheckpointError(f"{tag_dir}: DeepSpeed could not load this checkpoint")
-    if not reshard.new_batch_geometry(saved, cfg, old["world_size"], D.world_size()):
-        loader.load_state_dict(C.rank_state(tag_dir, "loader", D.rank()))
-        C.set_rng_state(C.rank_state(tag_dir, "rng", D.rank()))
-    else:  # same engine layout, another micro-batch or global batch
-        reshard.check_compatible(tag_dir, saved, cfg)
-        reshard.continue_data(loader, tag_dir, saved, cfg, old["world_size"])
-    return state

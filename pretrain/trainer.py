@@ -33,7 +33,7 @@ from pretrain.config import (
     layout,
     to_yaml,
 )
-from pretrain.train_setup import Setup, build_setup, grad_norm
+from pretrain.train_setup import Setup, build_setup, grad_norm, to_device
 
 
 class NonFiniteStop(RuntimeError):
@@ -75,17 +75,6 @@ def _fault_steps() -> set[int]:
 _STEP_SLEEP = float(os.environ.get("PRETRAIN_TEST_STEP_SLEEP", "0") or 0)
 
 
-def _to_device(batch: dict, device, float_dtype) -> dict:
-    out = {}
-    for k, v in batch.items():
-        if torch.is_tensor(v):
-            v = v.to(device, non_blocking=True)
-            if v.is_floating_point():
-                v = v.to(float_dtype)
-        out[k] = v
-    return out
-
-
 class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -112,7 +101,7 @@ class Trainer:
             for i, (batch, weight) in enumerate(zip(batches, self._label_weights(batches, accum))):
                 if ramp:  # the boundary from this step's own count, not DeepSpeed's running micro-step count
                     s.engine.set_gradient_accumulation_boundary(i == accum - 1)
-                loss = s.engine(**_to_device(batch, s.device, s.float_dtype))
+                loss = s.engine(**to_device(batch, s.device, s.float_dtype))
                 if weight != 1.0:
                     loss = loss * weight
                 if step in faults:

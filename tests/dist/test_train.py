@@ -112,7 +112,7 @@ def test_exact_resume_after_sigkill(tmp_path):
     assert sorted(resumed) == list(range(1, 21))
     for step in range(1, 21):
         assert resumed[step] == straight[step], (step, resumed[step], straight[step])
-    from pretrain.models import from_checkpoint
+    from pretrain.checkpoint import from_checkpoint
 
     a = from_checkpoint(tmp_path / "straight" / "checkpoints" / "step00000020").state_dict()
     b = from_checkpoint(run_dir / "checkpoints" / "step00000020").state_dict()
@@ -213,7 +213,7 @@ def test_init_from_checkpoint_and_from_import_hf(tmp_path):
 
     from pretrain.config import load_config
     from pretrain.data import build_loader
-    from pretrain.models import from_checkpoint
+    from pretrain.checkpoint import from_checkpoint
     from tests.dist.helpers import REPO
 
     run_train(DEBUG["llama"], _common(tmp_path, "src", 4))

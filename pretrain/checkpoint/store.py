@@ -1,4 +1,4 @@
-"""Training checkpoints: DeepSpeed's files plus everything needed to resume exactly or export.
+"""The files of a checkpoint: saving them (collective), ``complete.json``, ``latest``, verifying.
 
 Layout of one checkpoint (``<run_dir>/checkpoints/step00000020/``)::
 
@@ -13,24 +13,15 @@ Layout of one checkpoint (``<run_dir>/checkpoints/step00000020/``)::
 
 ``<run_dir>/checkpoints/latest`` names the newest complete tag; it is replaced atomically after
 ``complete.json`` exists, so a crash mid-save leaves the previous checkpoint in charge. Our files
-are JSON/YAML; DeepSpeed's ``.pt`` files are pickles, and every read of them goes through
-``torch.load(weights_only=True)``: export and consolidation directly, resume through
-``weights_only_loads`` (DeepSpeed itself asks for full unpickling).
+are JSON/YAML; DeepSpeed's ``.pt`` files are pickles, read only through ``pretrain.checkpoint.safe_load``.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
-import pickle
-import random
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
-
-import numpy as np
-import torch
 
 from data_pipeline.shards import sha256_file, write_bytes_atomic, write_json_atomic
 from pretrain import distributed as D
@@ -49,42 +40,6 @@ def tag_for(step: int) -> str:
 
 def checkpoints_root(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
-
-
-# ----------------------------------------------------------------------------------------------
-# RNG
-# ----------------------------------------------------------------------------------------------
-def rng_state() -> dict:
-    py = random.getstate()
-    np_state = np.random.get_state()
-    state = {
-        "python": [py[0], list(py[1]), py[2]],
-        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-        "torch": torch.get_rng_state().tolist(),
-    }
-    acc = _accelerator()
-    if acc is not None:  # GPU dropout draws from the device generator, not the CPU one
-        state["accelerator"] = acc.get_rng_state().tolist()
-    return state
-
-
-def _accelerator():
-    """DeepSpeed's accelerator when it is a device (not the CPU), else None."""
-    from deepspeed.accelerator import get_accelerator
-
-    acc = get_accelerator()
-    return None if acc.device_name() == "cpu" else acc
-
-
-def set_rng_state(state: dict) -> None:
-    v, inner, gauss = state["python"]
-    random.setstate((v, tuple(inner), gauss))
-    n = state["numpy"]
-    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
-    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-    acc = _accelerator() if "accelerator" in state else None
-    if acc is not None:
-        acc.set_rng_state(torch.tensor(state["accelerator"], dtype=torch.uint8))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -152,58 +107,6 @@ def latest(run_dir: str | Path) -> Path | None:
         return None
     tag_dir = root / f.read_text().strip()
     return tag_dir if (tag_dir / COMPLETE).is_file() else None
-
-
-# The classes DeepSpeed puts in its checkpoint pickles besides tensors and builtins: the whole
-# allow-list of every weights-only read (resume here; ``consolidate`` maps them to inert stand-ins).
-DEEPSPEED_PICKLED_CLASSES = (
-    "deepspeed.runtime.zero.config.ZeroStageEnum", "deepspeed.utils.tensor_fragment.fragment_address",
-    "deepspeed.runtime.fp16.loss_scaler.LossScaler", "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
-    "deepspeed.checkpoint.utils.clone_tensors_for_torch_save")
-
-
-def _deepspeed_pickled_classes() -> list:
-    """``DEEPSPEED_PICKLED_CLASSES``, imported."""
-    out = []
-    for qualified in DEEPSPEED_PICKLED_CLASSES:
-        module, name = qualified.rsplit(".", 1)
-        out.append(getattr(importlib.import_module(module), name))
-    return out
-
-
-@contextmanager
-def weights_only_loads(what: str | Path):
-    """Inside, every ``torch.load`` -- DeepSpeed's, which passes ``weights_only=False``, included --
-    unpickles tensors, containers and the few DeepSpeed classes of its checkpoints only, never
-    arbitrary objects (``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` + ``safe_globals``). A file that needs
-    anything else is refused with a ``CheckpointError`` naming ``what``."""
-    old = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
-    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
-    try:
-        with torch.serialization.safe_globals(_deepspeed_pickled_classes()):
-            yield
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{what}: refused to load a file that is not plain tensors and known DeepSpeed "
-                              f"state (weights-only unpickling): {first}") from None
-    finally:
-        if old is None:
-            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
-        else:
-            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = old
-
-
-def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
-    """``None`` -> no resume; ``auto`` -> latest complete under run_dir, if any; else a tag dir."""
-    if not resume:
-        return None
-    if resume == "auto":
-        return latest(run_dir)
-    path = Path(resume)
-    if path.is_dir() and (path / LATEST).is_file() and not (path / COMPLETE).exists():
-        path = path / (path / LATEST).read_text().strip()  # a checkpoints/ root was given
-    verify(path, checksums=False)
-    return path
 
 
 def verify(tag_dir: str | Path, checksums: bool = True) -> dict:
