@@ -184,6 +184,9 @@ class TrainConfig(Section):
     eval_steps: int = Field(10, ge=1)
     run_dir: str = "runs/default"
     max_nonfinite_in_row: int = Field(5, ge=1)
+    # a rank that makes no progress (step, eval batch, checkpoint file) for this long ends the job,
+    # named, instead of the others waiting out the process group's 30-minute timeout; 0 = off
+    hang_timeout_s: float = Field(600.0, ge=0)
 
 
 class ParallelConfig(Section):

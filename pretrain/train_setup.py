@@ -15,6 +15,7 @@ from torch import nn
 from data_pipeline.shards import sha256_file
 from pretrain import checkpoint as C
 from pretrain import distributed as D
+from pretrain import faults
 from pretrain.config import Config, deepspeed_config, global_batch, layout, to_yaml
 
 
@@ -131,6 +132,7 @@ class Setup:
     flops_per_item: float
     peak_flops: float
     start_step: int = 0
+    resume_dir: Path | None = None  # the checkpoint this job continued from
     tokens_seen: int = 0
     skipped_before: int = 0
     last_logged: int = 0
@@ -202,7 +204,9 @@ def build_setup(cfg: Config) -> Setup:
     world = D.world_size()
     mpu = init_topology(cfg.parallel.tensor_size)
     dp, dp_rank = mpu.get_data_parallel_world_size(), mpu.get_data_parallel_rank()
-    resume_dir = C.resolve_resume(cfg.checkpoint.resume, cfg.train.run_dir)
+    # pretrain train ran it before starting the ranks, train(cfg) callers get it here; every file's
+    # size and sha256 are checked by the ranks together in restore
+    resume_dir = C.preflight(cfg, world, sizes=False)
 
     torch.manual_seed(cfg.train.seed)
     model = _build_model(cfg, mpu)
@@ -218,6 +222,7 @@ def build_setup(cfg: Config) -> Setup:
         ds_cfg["gradient_clipping"] = 0.0  # GuardedAdamW clips (and reports the norm) instead
     if cfg.parallel.offload_optimizer:
         ds_cfg.setdefault("zero_force_ds_cpu_optimizer", False)
+    faults.at("setup")
     engine, _, _, _ = deepspeed.initialize(model=LossModule(model), optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_cfg, mpu=mpu,
                                            dist_init_required=False)
@@ -242,10 +247,10 @@ def build_setup(cfg: Config) -> Setup:
     setup = Setup(cfg=cfg, mpu=mpu, model=model, engine=engine, train_loader=loader, train_iter=iter(loader),
                   tracker=tracker, data_info=info, dp_size=dp, dp_rank=dp_rank, family=cfg.model.family,
                   device=D.device(), float_dtype=float_dtype, items_per_step=items, flops_per_item=flops_per_item,
-                  peak_flops=peak_flops_per_rank() * world, start_step=state.get("step", 0),
+                  peak_flops=peak_flops_per_rank() * world, start_step=state.get("step", 0), resume_dir=resume_dir,
                   tokens_seen=state.get("tokens_seen", 0), skipped_before=engine.skipped_steps,
                   last_logged=state.get("step", 0))
-    if resume_dir is None:
+    if resume_dir is None or tracker.replaced_run_id:  # a fresh run, or the checkpoint's MLflow run is gone
         log_run_metadata(tracker, cfg, world, dp)
     elif any(str(state.get(k)) != str(v) for k, v in layout(cfg, world).items() if k in state):
         # a resume on another layout: the run's layout tags follow, and say from which step

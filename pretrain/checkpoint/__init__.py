@@ -11,7 +11,8 @@ Save (collective) and read::
     model = from_checkpoint("runs/x")                     # the trained plain model, any layout
     cfg, sd = load_full_state_dict(tag_dir)               # full fp32 tensors, any layout
 
-Modules: ``store`` (the files, ``complete.json``, ``latest``, verify), ``rng``, ``safe_load``
+Modules: ``store`` (the files, ``complete.json``, ``latest``, verify), ``integrity`` (sha256 by
+every rank: of the files it wrote when saving, of its share when resuming), ``rng``, ``safe_load``
 (weights-only reads of DeepSpeed's pickles), ``deepspeed_files`` (DeepSpeed's files of any ZeRO
 stage), ``reader`` (full tensors, tensor ranks merged), ``reshard`` (into an engine of another
 layout), ``resume`` (preflight and restore).

@@ -30,22 +30,50 @@ from data_pipeline.shards import sha256_file
 from pretrain import distributed as D
 from pretrain.checkpoint.rng import set_rng_state
 from pretrain.checkpoint.safe_load import weights_only_loads
-from pretrain.checkpoint.store import COMPLETE, LATEST, CheckpointError, latest, rank_state, read_json, verify
+from pretrain.checkpoint.store import (
+    COMPLETE,
+    LATEST,
+    CheckpointError,
+    checkpoints_root,
+    rank_state,
+    read_complete,
+    read_json,
+    verify,
+    verify_in_parallel,
+)
 from pretrain.config import Config, global_batch, layout, load_config
 
 
-def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
-    """``None`` -> no resume; ``auto`` -> latest complete under run_dir, if any; else a tag dir."""
+def resolve_resume(resume: str | None, run_dir: str | Path, sizes: bool = True) -> Path | None:
+    """The checkpoint to continue from, checked complete (with every file's size when ``sizes``),
+    or None for a fresh start.
+
+    ``None``: no resume. ``auto``: the tag ``<run_dir>/checkpoints/latest`` names; a fresh start only
+    when the run dir holds no complete checkpoint at all (its first job). A ``latest`` that names a
+    missing or incomplete directory, or complete checkpoints without a ``latest``, are errors naming
+    what is wrong -- never a silent start from step 0. Else a tag dir, or a ``checkpoints/`` root."""
     if not resume:
         return None
-    if resume == "auto":
-        return latest(run_dir)
-    path = Path(resume)
+    path = checkpoints_root(run_dir) if resume == "auto" else Path(resume)
+    if resume == "auto" and not (path / LATEST).is_file():
+        complete = sorted(p.name for p in path.glob("step*") if (p / COMPLETE).is_file()) if path.is_dir() else []
+        if complete:
+            raise CheckpointError(f"{path / LATEST}: missing, yet {path} holds complete checkpoints ({', '.join(complete[-3:])}); "
+                                  f"name one with checkpoint.resume=DIR")
+        return None
     if path.is_dir() and (path / LATEST).is_file() and not (path / COMPLETE).exists():
-        path = path / (path / LATEST).read_text().strip()  # a checkpoints/ root was given
-    verify(path, checksums=False)
+        tag = (path / LATEST).read_text().strip()
+        if not (path / tag).is_dir():
+            raise CheckpointError(f"{path / LATEST}: names {tag!r}, which does not exist in {path}")
+        if not (path / tag / COMPLETE).is_file():
+            raise CheckpointError(f"{path / LATEST}: names {tag!r}, which has no {COMPLETE} (a save that never "
+                                  f"finished); name a complete checkpoint with checkpoint.resume=DIR")
+        path = path / tag
+    if sizes:
+        verify(path, checksums=False)
+    else:
+        read_complete(path)
     return path
-
 
 
 def saved_layout(tag_dir: Path) -> tuple[Config, dict]:
@@ -61,9 +89,10 @@ def new_batch_geometry(saved: Config, cfg: Config, saved_world: int, world: int)
     return old != (cfg.train.micro_batch_size, global_batch(cfg, world // cfg.parallel.tensor_size))
 
 
-def check_compatible(tag_dir: Path, saved: Config, cfg: Config) -> None:
-    """A new layout or batch geometry keeps the model, the data stream and the seed; anything else
-    would not continue the same run. Raises ``CheckpointError`` naming what differs."""
+def check_same_run(tag_dir: Path, saved: Config, cfg: Config) -> None:
+    """This job continues the checkpoint's run: same model, data stream (source, window, shuffle,
+    the same manifest) and seed -- on any layout or batch geometry. Anything else would be another
+    run. Raises ``CheckpointError`` naming what differs."""
     problems = []
     if saved.model != cfg.model:
         a, b = saved.model.model_dump(), cfg.model.model_dump()
@@ -73,52 +102,57 @@ def check_compatible(tag_dir: Path, saved: Config, cfg: Config) -> None:
         if a != b:
             problems.append(f"data.{key}: checkpoint {a!r}, this job {b!r}")
     if cfg.data.source == "shards" and saved.data.source == "shards":
-        want = read_json(tag_dir, "data.json").get("manifest_sha256")
-        have = sha256_file(Path(cfg.data.path) / "manifest.json")
-        if want and want != have:
-            problems.append(f"data.path: {cfg.data.path}/manifest.json is not the manifest the checkpoint was "
-                            "trained on (sha256 differs)")
+        problems += _manifest_problems(tag_dir, saved, cfg)
     if saved.train.seed != cfg.train.seed:
         problems.append(f"train.seed: checkpoint {saved.train.seed}, this job {cfg.train.seed}")
     if problems:
-        raise CheckpointError(f"{tag_dir}: cannot continue this run on a new layout: " + "; ".join(problems)
-                                + ". To start a different run from these weights use checkpoint.init_from.")
+        raise CheckpointError(f"{tag_dir}: this job would not continue the checkpoint's run: " + "; ".join(problems)
+                              + ". To start a different run from these weights use checkpoint.init_from.")
 
 
-def preflight(cfg: Config, world: int) -> Path | None:
+def _manifest_problems(tag_dir: Path, saved: Config, cfg: Config) -> list[str]:
+    """The shards must be the ones trained on: the manifest's sha256 (re-tokenised or re-built shards
+    get another manifest). The same manifest under another path (data moved) is the same data."""
+    want = read_json(tag_dir, "data.json").get("manifest_sha256")
+    manifest = Path(cfg.data.path) / "manifest.json"
+    if not manifest.is_file():
+        return [f"data.path: {manifest} does not exist"]
+    if want is None:
+        same = Path(saved.data.path or "").resolve() == Path(cfg.data.path).resolve()
+        return [] if same else [f"data.path: checkpoint {saved.data.path!r}, this job {cfg.data.path!r}"]
+    if sha256_file(manifest) != want:
+        moved = "" if saved.data.path == cfg.data.path else f" (the checkpoint trained on {saved.data.path})"
+        return [f"data.path: {manifest} is not the manifest the checkpoint was trained on (sha256 differs: other "
+                f"or re-built shards){moved}"]
+    return []
+
+
+def preflight(cfg: Config, world: int, sizes: bool = True) -> Path | None:
     """Before any rank starts: the checkpoint to resume from (None: a fresh start) exists, is
-    complete, and -- on a new layout or micro-batch size -- continues the same run. Raises
-    ``CheckpointError`` naming the problem."""
-    tag_dir = resolve_resume(cfg.checkpoint.resume, cfg.train.run_dir)
+    complete (every file's size, unless not ``sizes``: a job of many ranks has one do it), and
+    continues the same run (``check_same_run``) on whatever layout. Raises ``CheckpointError``
+    naming the problem. The sha256 of every file is checked by the ranks together when they load
+    it (``restore``)."""
+    tag_dir = resolve_resume(cfg.checkpoint.resume, cfg.train.run_dir, sizes)
     if tag_dir is None:
         return None
-    saved, old = saved_layout(tag_dir)
-    if old != layout(cfg, world) or new_batch_geometry(saved, cfg, old["world_size"], world):
-        check_compatible(tag_dir, saved, cfg)
+    saved, _ = saved_layout(tag_dir)
+    check_same_run(tag_dir, saved, cfg)
     return tag_dir
-
 
 
 # ----------------------------------------------------------------------------------------------
 # in every rank
 # ----------------------------------------------------------------------------------------------
 def restore(engine, loader, tag_dir: Path, cfg: Config, mpu) -> dict:
-    """Continue from ``tag_dir`` in this rank: engine (weights, optimizer, LR schedule, counters),
-    data position and RNG states. Returns the checkpoint's trainer state."""
-    from pretrain.checkpoint.reshard import load_resharded
-
+    """Continue from ``tag_dir`` in this rank (collective): every file's sha256 checked (the ranks
+    share the work), then engine (weights, optimizer, LR schedule, counters), data position and RNG
+    states. ``preflight`` has checked it is the same run. Returns the checkpoint's trainer state."""
+    verify_in_parallel(tag_dir)
     saved, old = saved_layout(tag_dir)
     state = read_json(tag_dir, "trainer_state.json")
     if old != layout(cfg, D.world_size()):
-        check_compatible(tag_dir, saved, cfg)
-        step = int(state["step"])
-        load_resharded(engine, tag_dir, cfg, mpu, step)
-        continue_data(loader, tag_dir, saved, cfg, old["world_size"])
-        seed = cfg.train.seed * 1_000_003 + step * 1_009 + D.rank()
-        random.seed(seed), np.random.seed(seed % 2**32), torch.manual_seed(seed)
-        D.print0(f"[pretrain] resumed {tag_dir.name} on a new layout: world {old['world_size']} -> {D.world_size()}, "
-                 f"tensor {old['tensor_parallel_size']} -> {cfg.parallel.tensor_size}, ZeRO {old['zero_stage']} -> "
-                 f"{cfg.parallel.zero_stage}, {old['precision']} -> {cfg.parallel.precision}")
+        _restore_resharded(engine, loader, tag_dir, cfg, mpu, saved, old, int(state["step"]))
         return state
     with weights_only_loads(tag_dir):
         load_path, _ = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name, load_optimizer_states=True,
@@ -129,9 +163,22 @@ def restore(engine, loader, tag_dir: Path, cfg: Config, mpu) -> dict:
         loader.load_state_dict(rank_state(tag_dir, "loader", D.rank()))
         set_rng_state(rank_state(tag_dir, "rng", D.rank()))
     else:  # same engine layout, another micro-batch or global batch
-        check_compatible(tag_dir, saved, cfg)
         continue_data(loader, tag_dir, saved, cfg, old["world_size"])
     return state
+
+
+def _restore_resharded(engine, loader, tag_dir: Path, cfg: Config, mpu, saved: Config, old: dict, step: int) -> None:
+    """Another layout: the engine through ``reshard``, the data stream from its position, fresh
+    per-rank RNG streams (seeded by seed, step and rank: the old ranks' streams have no new owner)."""
+    from pretrain.checkpoint.reshard import load_resharded
+
+    load_resharded(engine, tag_dir, cfg, mpu, step)
+    continue_data(loader, tag_dir, saved, cfg, old["world_size"])
+    seed = cfg.train.seed * 1_000_003 + step * 1_009 + D.rank()
+    random.seed(seed), np.random.seed(seed % 2**32), torch.manual_seed(seed)
+    D.print0(f"[pretrain] resumed {tag_dir.name} on a new layout: world {old['world_size']} -> {D.world_size()}, "
+             f"tensor {old['tensor_parallel_size']} -> {cfg.parallel.tensor_size}, ZeRO {old['zero_stage']} -> "
+             f"{cfg.parallel.zero_stage}, {old['precision']} -> {cfg.parallel.precision}")
 
 
 def continue_data(loader, tag_dir: Path, saved: Config, cfg: Config, saved_world: int) -> None:
