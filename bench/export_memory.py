@@ -72,7 +72,7 @@ def main() -> int:
         train(run_dir, a)
         train_s = time.perf_counter() - t
         sys.path.insert(0, str(REPO))
-        from pretrain.consolidate import CheckpointReader
+        from pretrain.checkpoint import CheckpointReader
 
         reader = CheckpointReader(run_dir, check=False)
         params = reader.num_parameters()

@@ -70,11 +70,10 @@ def _block(step_fn, steps: int) -> float:
 
 def _deepspeed_side(cfg):
     """One step of the trainer's own engine, plus the fixed batch and the work per step."""
-    from pretrain.train_setup import _items_and_flops, build_setup
-    from pretrain.trainer import _to_device
+    from pretrain.train_setup import _items_and_flops, build_setup, to_device
 
     setup = build_setup(cfg)
-    batch = _to_device(next(setup.train_iter), setup.device, setup.float_dtype)
+    batch = to_device(next(setup.train_iter), setup.device, setup.float_dtype)
     engine = setup.engine
 
     def ds_step():

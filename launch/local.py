@@ -19,6 +19,12 @@ POLL_S = 0.2
 GRACE_S = 5.0
 
 
+def block_stop_signals() -> None:
+    """Ranks start with SIGTERM/SIGUSR1 blocked: one forwarded while a rank is still starting
+    waits until the trainer's handler is installed (``pretrain.signals.install`` unblocks them)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGUSR1})
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -49,7 +55,8 @@ def run_ranks(nproc: int, module: str, args: list[str], master_port: int, extra_
                 LOCAL_WORLD_SIZE=str(nproc), **(extra_env or {}))
     for r in range(nproc):
         env = dict(base, RANK=str(r), LOCAL_RANK=str(r))
-        procs.append(subprocess.Popen([sys.executable, "-m", module, *args], env=env))
+        procs.append(subprocess.Popen([sys.executable, "-m", module, *args], env=env,
+                                      preexec_fn=block_stop_signals))
 
     def forward(signum, _frame):
         for p in procs:

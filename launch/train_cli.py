@@ -14,6 +14,7 @@ import sys
 
 EXIT_CONFIG = 2
 EXIT_NONFINITE = 3
+EXIT_CHECKPOINT = 1  # a checkpoint that cannot be read or written (named); see also watchdog.EXIT_HANG
 
 
 def add_arguments(p) -> None:
@@ -35,35 +36,32 @@ def _spawn(nproc: int, args) -> int:
 
 
 def run(args) -> int:
+    from pretrain import signals
+
+    signals.install()  # before the heavy imports: a SIGTERM while a rank starts is honoured, not fatal
     from pretrain.config import ConfigError, dp_size, load_config
 
     try:
+        if args.nproc is not None and args.nproc < 1:
+            raise ConfigError([("--nproc", args.nproc, "must be at least 1")])
         cfg = load_config(None if args.config == "default" else args.config, args.overrides)
         world = int(os.environ["WORLD_SIZE"]) if _under_launcher() else (args.nproc or 1)
         if cfg.parallel.world_size is not None and cfg.parallel.world_size != world:
             raise ConfigError([("parallel.world_size", cfg.parallel.world_size,
                                 f"this job has {world} ranks; set --nproc or the launcher to match")])
         dp_size(cfg, world)
-        if cfg.data.source == "shards":  # the manifest and every shard it lists, before any rank starts
-            from pretrain.data import check_shards
+        from pretrain.preflight import check_job
 
-            try:
-                check_shards(cfg)
-            except (OSError, ValueError) as e:
-                raise ConfigError([("data.path", cfg.data.path, str(e))]) from None
-        if cfg.checkpoint.resume:  # a missing, half-written or incompatible checkpoint fails here, not in N ranks
-            from pretrain.checkpoint import CheckpointError
-            from pretrain.reshard import preflight
-
-            try:
-                preflight(cfg, world)
-            except CheckpointError as e:
-                raise ConfigError([("checkpoint.resume", cfg.checkpoint.resume, str(e))]) from None
+        check_job(cfg, world)  # data, run dir, checkpoint: fails here, not in N ranks
     except ConfigError as e:
         print(f"pretrain: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    if signals.requested() is not None:
+        print("pretrain: stop signal received before any rank started; exiting", file=sys.stderr)
+        return 0
     if not _under_launcher() and world > 1:
         return _spawn(world, args)
+    from pretrain.checkpoint import CheckpointError
     from pretrain.trainer import NonFiniteStop, train
 
     try:
@@ -71,6 +69,9 @@ def run(args) -> int:
     except NonFiniteStop as e:
         print(f"pretrain: {e}", file=sys.stderr)
         return EXIT_NONFINITE
+    except CheckpointError as e:  # the message names the file; a traceback would only bury it
+        print(f"pretrain: rank {os.environ.get('RANK', '0')} failed: CheckpointError: {e}", file=sys.stderr, flush=True)
+        return EXIT_CHECKPOINT
     except Exception as e:
         rank = os.environ.get("RANK", "0")
         print(f"pretrain: rank {rank} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)

@@ -189,6 +189,9 @@ class TrainConfig(Section):
     eval_steps: int = Field(10, ge=1)
     run_dir: str = "runs/default"
     max_nonfinite_in_row: int = Field(5, ge=1)
+    # a rank that makes no progress (step, eval batch, checkpoint file) for this long ends the job,
+    # named, instead of the others waiting out the process group's 30-minute timeout; 0 = off
+    hang_timeout_s: float = Field(600.0, ge=0)
 
 
 class ParallelConfig(Section):
@@ -337,7 +340,7 @@ def _check_rampup(cfg: Config, dp: int) -> None:
 
 def layout(cfg: Config, world: int) -> dict:
     """The parallel layout of a job of ``world`` ranks: MLflow tags, ``trainer_state.json`` keys,
-    and what DeepSpeed's own checkpoint loader needs unchanged (``pretrain.reshard``)."""
+    and what DeepSpeed's own checkpoint loader needs unchanged (``pretrain.checkpoint.resume``)."""
     p = cfg.parallel
     return {"world_size": world, "data_parallel_size": world // p.tensor_size, "tensor_parallel_size": p.tensor_size,
             "zero_stage": p.zero_stage, "precision": p.precision}

@@ -54,10 +54,11 @@ def _no_val_reason(cfg: Config, dp_size: int) -> str | None:
 
 
 @torch.no_grad()
-def evaluate(setup, cfg: Config) -> dict[str, float]:
-    """Mean metrics over up to ``train.eval_steps`` batches of the val split (empty when none)."""
+def evaluate(setup, cfg: Config, on_batch=None) -> dict[str, float]:
+    """Mean metrics over up to ``train.eval_steps`` batches of the val split (empty when none).
+    ``on_batch()`` is called after each batch (the trainer's hang watchdog counts it as progress)."""
     from pretrain.data import build_loader
-    from pretrain.trainer import _to_device
+    from pretrain.train_setup import to_device
 
     reason = _no_val_reason(cfg, setup.dp_size)
     if reason:
@@ -75,8 +76,10 @@ def evaluate(setup, cfg: Config) -> dict[str, float]:
         for i, batch in enumerate(loader):
             if i >= cfg.train.eval_steps:
                 break
-            for k, v in _sums(model, _to_device(batch, setup.device, setup.float_dtype), setup.family).items():
+            for k, v in _sums(model, to_device(batch, setup.device, setup.float_dtype), setup.family).items():
                 totals[k] = totals.get(k, 0.0) + v
+            if on_batch is not None:
+                on_batch()
             now = time.perf_counter()
             if now - last_report >= PROGRESS_EVERY_S:  # long evaluations show they are alive
                 last_report = now

@@ -55,9 +55,8 @@ def _data_info(hf_dir: Path, hf_config: dict, family: str) -> dict:
 
 def import_hf(hf_dir: str | Path, out: str | Path, overwrite: bool = False, command: str | None = None) -> Path:
     """Convert ``hf_dir``; returns ``out``. ValueError/KeyError/FileNotFoundError on bad input."""
-    from pretrain.checkpoint import write_complete
+    from pretrain.checkpoint import tied_source, write_complete
     from pretrain.config import Config, to_yaml
-    from pretrain.consolidate import _tied_source
     from pretrain.export import refuse_nonempty, staged_dir
     from pretrain.export.writer import ShardedSafetensorsWriter
     from pretrain.models import from_hf
@@ -72,7 +71,7 @@ def import_hf(hf_dir: str | Path, out: str | Path, overwrite: bool = False, comm
     with staged_dir(out) as tmp:
         writer = ShardedSafetensorsWriter(tmp, max_shard_bytes=1 << 62)
         for key, t in model.state_dict().items():
-            if _tied_source(key, cfg) == key:
+            if tied_source(key, cfg) == key:
                 writer.add(key, t.float())
         writer.close()
         del model

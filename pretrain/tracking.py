@@ -5,16 +5,22 @@
 ``sqlite:///mlflow.db`` in the working directory.
 
 Every call on the training thread only appends to an in-memory queue and returns; one daemon thread
-talks to MLflow. When the store is unreachable (connection refused, timeout, 5xx), the thread keeps
-the queue, logs exactly one warning for the outage, and retries with exponential backoff (capped),
-so metrics reach the server once it is back. Metrics beyond ``max_buffer`` drop the oldest (counted
-in ``dropped``). Requests the store rejects for good (e.g. changing a param of a resumed run) are
-dropped with their own warning. HTTP stores get ``MLFLOW_HTTP_REQUEST_MAX_RETRIES=0`` and a short
+talks to MLflow. When the store is unreachable (connection refused or reset, timeout, HTTP 5xx, a
+locked sqlite file: ``is_transient``), the thread keeps the queue, logs exactly one warning for the
+outage, and retries with exponential backoff (capped), so metrics reach the server once it is
+back. Metrics beyond ``max_buffer`` drop the oldest (counted in ``dropped``). Requests the store
+rejects (HTTP 4xx, e.g. changing a param of a resumed run) are not retried: dropped with their own
+warning -- except the run's start, which raises ``TrackingError`` (a store that refuses to hold the
+run is a misconfiguration, better known at step 0). Any other error is a bug: the sender stops and
+the training thread's next tracker call raises ``TrackingError`` with it. HTTP stores get
+``MLFLOW_HTTP_REQUEST_MAX_RETRIES=0`` and a short
 ``MLFLOW_HTTP_REQUEST_TIMEOUT`` unless the user set them, so one attempt never blocks for long --
 we do our own retrying. Artifacts are copied to a staging directory when queued, so a file the
 trainer rewrites later (e.g. the loss plot) is uploaded as it was when logged.
 
-Resume: ``start(cfg, run_id=<saved id>)`` reopens that run (status back to RUNNING) and appends to it.
+Resume: ``start(cfg, run_id=<saved id>)`` reopens that run (status back to RUNNING) and appends to
+it. When that run no longer exists (deleted, or another store), it says so and starts a new run
+tagged ``pretrain.previous_run_id`` (``replaced_run_id`` holds the old id).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import atexit
 import itertools
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -39,8 +46,13 @@ log = logging.getLogger("pretrain.tracking")
 DEFAULT_URI = "sqlite:///mlflow.db"
 MAX_PARAM_VALUE = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 _BATCH = 1000  # MLflow's log_batch limit for metrics
-_PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST",
-              "INVALID_STATE", "PERMISSION_DENIED", "UNAUTHENTICATED", "RESOURCE_LIMIT_EXCEEDED"}
+_SERVER_ERRORS = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE"}  # MLflow's codes for HTTP 500 and 503
+PREVIOUS_RUN_TAG = "pretrain.previous_run_id"
+_NO_ANSWER = re.compile(r"API request to \S+ failed with (timeout )?exception")
+
+
+class TrackingError(RuntimeError):
+    """MLflow tracking cannot go on: the store refused the run, or the sender hit a bug."""
 
 
 def resolve_uri(uri: str | None) -> str:
@@ -48,9 +60,29 @@ def resolve_uri(uri: str | None) -> str:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True for outages worth retrying; False for requests the store refuses outright."""
-    code = getattr(exc, "error_code", None)
-    return code not in _PERMANENT
+    """True for an outage worth retrying: no answer (connection refused or reset, timeout), a
+    server-side failure (HTTP 5xx), a locked sqlite store. False for a request the store refused
+    (HTTP 4xx) and for errors in our own code (``TypeError``, ...), which retrying cannot fix."""
+    from mlflow.exceptions import MlflowException, RestException
+
+    if isinstance(exc, (ConnectionError, TimeoutError)) or _caused_by(exc, "OperationalError"):
+        return True  # (an OSError such as a PermissionError on a local artifact store is no outage)
+    if not isinstance(exc, MlflowException):
+        return False
+    if _NO_ANSWER.match(str(exc)):  # MLflow's transport errors: refused, reset, timeout, 5xx after its retries
+        return True
+    if isinstance(exc, RestException):  # the server answered with an error body: trust its own code only
+        return exc.json.get("error_code") in _SERVER_ERRORS
+    return exc.get_http_status_code() >= 500
+
+
+def _caused_by(exc: BaseException, name: str) -> bool:
+    seen = 0
+    while exc is not None and seen < 10:
+        if type(exc).__name__ == name:
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def truncate_params(params: dict[str, Any]) -> dict[str, str]:
@@ -100,6 +132,7 @@ class NullTracker:
     """The tracker of non-zero ranks and of ``tracking.enabled=false``: accepts everything, does nothing."""
 
     run_id: str | None = None
+    replaced_run_id: str | None = None
     buffered = 0
     dropped = 0
     degraded = False
@@ -137,6 +170,8 @@ class Tracker(NullTracker):
         self.history_filter = history_filter
         self.history: dict[str, list[tuple[int, float]]] = {}
         self.run_id: str | None = None
+        self.replaced_run_id: str | None = None  # a resumed run that no longer existed
+        self.failure: BaseException | None = None  # a refused start or a bug in the sender (raised to the caller)
         self.dropped = 0
         self.degraded = False
         self.warnings = 0  # outage warnings issued (one per tracker)
@@ -169,6 +204,7 @@ class Tracker(NullTracker):
         self._thread.start()
         atexit.register(self._at_exit)
         self._attempted.wait(wait)
+        self._raise_failure()
         return self.run_id
 
     def log_params(self, params) -> None:
@@ -181,6 +217,7 @@ class Tracker(NullTracker):
         self._enqueue(("tags", {str(k): str(v) for k, v in tags.items()}))
 
     def log_metrics(self, metrics: dict, step: int) -> None:
+        self._raise_failure()
         now = int(time.time() * 1000)
         with self._cv:
             for key, value in metrics.items():
@@ -253,6 +290,9 @@ class Tracker(NullTracker):
         """Deliver what is queued (up to ``timeout`` s), mark the run ``status`` and stop the sender."""
         if not self._started:
             return
+        if self.failure is not None:  # already reported; the sender has stopped
+            shutil.rmtree(self._staging, ignore_errors=True)
+            return
         self._enqueue(("end", status))
         delivered = self.flush(timeout)
         with self._cv:
@@ -265,7 +305,12 @@ class Tracker(NullTracker):
         self._thread.join(timeout=max(1.0, timeout))
         shutil.rmtree(self._staging, ignore_errors=True)
 
+    def _raise_failure(self) -> None:
+        if self.failure is not None:
+            raise TrackingError(f"MLflow tracking at {self.uri} stopped: {_short(self.failure)}") from self.failure
+
     def _enqueue(self, op: tuple) -> None:
+        self._raise_failure()
         with self._cv:
             self._ops.append(op)
             self._cv.notify()
@@ -283,7 +328,7 @@ class Tracker(NullTracker):
             with self._cv:
                 while not (self._ops or self._metrics or self._closing):
                     self._cv.wait()
-                if self._abandon or (self._closing and not (self._ops or self._metrics)):
+                if self._abandon or self.failure is not None or (self._closing and not (self._ops or self._metrics)):
                     return
             if self._drain():
                 backoff = self.retry_interval
@@ -330,6 +375,13 @@ class Tracker(NullTracker):
         try:
             fn()
         except Exception as e:  # never let anything out of the sender
+            if (what == "start" and not is_transient(e)) or not _from_mlflow(e):
+                log.error("MLflow %s failed and tracking stops: %s", what, _short(e), exc_info=not _from_mlflow(e))
+                with self._cv:
+                    self.failure = e
+                    self._cv.notify_all()
+                self._attempted.set()
+                return False
             if what == "start":
                 self._attempted.set()
             if is_transient(e):
@@ -399,18 +451,15 @@ class Tracker(NullTracker):
 
     def _start_run(self, run_id: str | None) -> None:
         client = self._mlflow()
-        if run_id is not None:
-            try:
-                client.get_run(run_id)
-            except Exception as e:
-                if is_transient(e):
-                    raise
-                log.warning("MLflow run %s not found at %s; starting a new run", run_id, self.uri)
-                run_id = None
+        if run_id is not None and not self._run_exists(run_id):
+            log.warning("MLflow run %s of the checkpoint no longer exists at %s (deleted, or another store); "
+                        "starting a new run tagged %s=%s", run_id, self.uri, PREVIOUS_RUN_TAG, run_id)
+            self.replaced_run_id, run_id = run_id, None
         if run_id is None:
             exp = client.get_experiment_by_name(self.experiment)
             exp_id = exp.experiment_id if exp is not None else client.create_experiment(self.experiment)
-            run = client.create_run(exp_id, run_name=self.run_name, tags=self.tags)
+            tags = {**self.tags, **({PREVIOUS_RUN_TAG: self.replaced_run_id} if self.replaced_run_id else {})}
+            run = client.create_run(exp_id, run_name=self.run_name, tags=tags)
             self.run_id = run.info.run_id
         else:
             client.update_run(run_id, status="RUNNING")
@@ -419,6 +468,16 @@ class Tracker(NullTracker):
         self._attempted.set()
         if self.system_metrics:
             self._start_monitor(resumed=run_id is not None)
+
+    def _run_exists(self, run_id: str) -> bool:
+        """Whether ``run_id`` is a live run of this store (a soft-deleted run is not)."""
+        try:
+            run = self._mlflow().get_run(run_id)
+        except Exception as e:
+            if is_transient(e) or not _from_mlflow(e):
+                raise
+            return False
+        return run.info.lifecycle_stage != "deleted"
 
     def _load_history(self) -> None:
         """Prepend the resumed run's earlier points of the plotted metrics, for a continuous plot."""
@@ -445,6 +504,13 @@ class Tracker(NullTracker):
         except Exception as e:
             log.warning("stopping system metrics failed: %s", _short(e))
         self._monitor = None
+
+
+def _from_mlflow(exc: BaseException) -> bool:
+    """An error MLflow (or the store's connection) raised, as opposed to a bug in our own calls."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(exc, (MlflowException, OSError)) or _caused_by(exc, "OperationalError")
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:

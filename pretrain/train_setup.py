@@ -12,9 +12,9 @@ import psutil
 import torch
 from torch import nn
 
-from data_pipeline.shards import sha256_file
 from pretrain import checkpoint as C
 from pretrain import distributed as D
+from pretrain import faults
 from pretrain.config import Config, deepspeed_config, global_batch, layout, to_yaml
 
 
@@ -100,6 +100,18 @@ def grad_norm(engine) -> float:
     return float(norm) if norm is not None else float("nan")
 
 
+def to_device(batch: dict, device, float_dtype) -> dict:
+    """A loader batch on ``device``, floating-point tensors (images) in the training precision."""
+    out = {}
+    for k, v in batch.items():
+        if torch.is_tensor(v):
+            v = v.to(device, non_blocking=True)
+            if v.is_floating_point():
+                v = v.to(float_dtype)
+        out[k] = v
+    return out
+
+
 @dataclass
 class Setup:
     cfg: Config
@@ -119,6 +131,7 @@ class Setup:
     flops_per_item: float
     peak_flops: float
     start_step: int = 0
+    resume_dir: Path | None = None  # the checkpoint this job continued from
     tokens_seen: int = 0
     skipped_before: int = 0
     last_logged: int = 0
@@ -170,10 +183,9 @@ def _build_model(cfg: Config, mpu) -> nn.Module:
 
 def _load_init_weights(model: nn.Module, cfg: Config, mpu) -> None:
     """``checkpoint.init_from``: weights only, from an import-hf directory or a checkpoint."""
-    from pretrain.consolidate import load_init_weights
     from pretrain.parallel import shard_state_dict
 
-    full = load_init_weights(cfg.checkpoint.init_from, cfg.model)
+    full = C.load_init_weights(cfg.checkpoint.init_from, cfg.model)
     local = shard_state_dict(full, cfg.model, mpu.get_model_parallel_rank(), mpu.get_model_parallel_world_size())
     missing, unexpected = model.load_state_dict(local, strict=False)
     if missing or unexpected:
@@ -191,7 +203,9 @@ def build_setup(cfg: Config) -> Setup:
     world = D.world_size()
     mpu = init_topology(cfg.parallel.tensor_size)
     dp, dp_rank = mpu.get_data_parallel_world_size(), mpu.get_data_parallel_rank()
-    resume_dir = C.resolve_resume(cfg.checkpoint.resume, cfg.train.run_dir)
+    # pretrain train ran it before starting the ranks, train(cfg) callers get it here; every file's
+    # size and sha256 are checked by the ranks together in restore
+    resume_dir = C.preflight(cfg, world, sizes=False)
 
     torch.manual_seed(cfg.train.seed)
     model = _build_model(cfg, mpu)
@@ -207,6 +221,7 @@ def build_setup(cfg: Config) -> Setup:
         ds_cfg["gradient_clipping"] = 0.0  # GuardedAdamW clips (and reports the norm) instead
     if cfg.parallel.offload_optimizer:
         ds_cfg.setdefault("zero_force_ds_cpu_optimizer", False)
+    faults.at("setup")
     engine, _, _, _ = deepspeed.initialize(model=LossModule(model), optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_cfg, mpu=mpu,
                                            dist_init_required=False)
@@ -217,13 +232,16 @@ def build_setup(cfg: Config) -> Setup:
     loader = build_loader(cfg, "train", dp_rank, dp, train=True)
     info = data_info(cfg)
     if cfg.data.source == "shards":
-        info["manifest_sha256"] = sha256_file(Path(cfg.data.path) / "manifest.json")
+        from data_pipeline import storage
+        from pretrain.data import manifest_sha256
+
+        info["manifest_sha256"] = manifest_sha256(cfg.data.path)  # local or remote
         if cfg.model.family != "vit":
-            info["tokenizer_path"] = str(Path(cfg.data.path) / "tokenizer.model")
+            info["tokenizer_path"] = storage.join(cfg.data.path, "tokenizer.model")
 
     state: dict = {}
     if resume_dir is not None:
-        state = _restore(engine, loader, resume_dir, cfg, mpu)
+        state = C.restore(engine, loader, resume_dir, cfg, mpu)
     items, flops_per_item = _items_and_flops(cfg, dp)
     precision = cfg.parallel.precision
     float_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
@@ -232,10 +250,10 @@ def build_setup(cfg: Config) -> Setup:
     setup = Setup(cfg=cfg, mpu=mpu, model=model, engine=engine, train_loader=loader, train_iter=iter(loader),
                   tracker=tracker, data_info=info, dp_size=dp, dp_rank=dp_rank, family=cfg.model.family,
                   device=D.device(), float_dtype=float_dtype, items_per_step=items, flops_per_item=flops_per_item,
-                  peak_flops=peak_flops_per_rank() * world, start_step=state.get("step", 0),
+                  peak_flops=peak_flops_per_rank() * world, start_step=state.get("step", 0), resume_dir=resume_dir,
                   tokens_seen=state.get("tokens_seen", 0), skipped_before=engine.skipped_steps,
                   last_logged=state.get("step", 0))
-    if resume_dir is None or fork:
+    if resume_dir is None or fork or tracker.replaced_run_id:  # fresh, forked, or the checkpoint's MLflow run is gone
         log_run_metadata(tracker, cfg, world, dp)
         if fork:
             tracker.set_tags({"forked_from": str(resume_dir), "forked_at_step": setup.start_step})
@@ -286,26 +304,3 @@ def log_run_metadata(tracker, cfg: Config, world: int, dp: int) -> None:
     tracker.log_text(json.dumps(deepspeed_config(cfg, world), indent=2), "config/deepspeed.json")
     if cfg.data.source == "shards":
         tracker.log_artifact(str(Path(cfg.data.path) / "manifest.json"), "data")
-
-
-def _restore(engine, loader, tag_dir: Path, cfg: Config, mpu) -> dict:
-    """Resume from ``tag_dir``: bit for bit through DeepSpeed's own loader when the layout (world,
-    tensor size, ZeRO stage, precision) is the checkpoint's, else resharded (``pretrain.reshard``)."""
-    from pretrain import reshard
-
-    saved, old = reshard.saved_layout(tag_dir)
-    if old != layout(cfg, D.world_size()):
-        return reshard.restore(engine, loader, tag_dir, cfg, mpu)
-    state = C.read_json(tag_dir, "trainer_state.json")
-    with C.weights_only_loads(tag_dir):
-        load_path, _ = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name, load_optimizer_states=True,
-                                              load_lr_scheduler_states=True)
-    if load_path is None:
-        raise C.CheckpointError(f"{tag_dir}: DeepSpeed could not load this checkpoint")
-    if not reshard.new_batch_geometry(saved, cfg, old["world_size"], D.world_size()):
-        loader.load_state_dict(C.rank_state(tag_dir, "loader", D.rank()))
-        C.set_rng_state(C.rank_state(tag_dir, "rng", D.rank()))
-    else:  # same engine layout, another micro-batch or global batch
-        reshard.check_compatible(tag_dir, saved, cfg)
-        reshard.continue_data(loader, tag_dir, saved, cfg, old["world_size"])
-    return state

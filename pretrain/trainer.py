@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import torch.distributed as dist
 
 from pretrain import checkpoint as C
 from pretrain import distributed as D
+from pretrain import faults, signals
 from pretrain.config import (
     Config,
     deepspeed_config,
@@ -33,7 +33,8 @@ from pretrain.config import (
     layout,
     to_yaml,
 )
-from pretrain.train_setup import Setup, build_setup, grad_norm
+from pretrain.train_setup import Setup, build_setup, grad_norm, to_device
+from pretrain.watchdog import Watchdog, default_store
 
 
 class NonFiniteStop(RuntimeError):
@@ -54,18 +55,6 @@ class Result:
     run_id: str | None = None
 
 
-_STOP = {"signal": None}
-
-
-def _on_signal(signum, _frame):
-    _STOP["signal"] = signum
-
-
-def _install_signal_handlers() -> None:
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(sig, _on_signal)
-
-
 def _fault_steps() -> set[int]:
     """Fault injection for tests and drills: ``PRETRAIN_FAULT_NAN_STEPS=3,4`` makes those steps' loss NaN."""
     raw = os.environ.get("PRETRAIN_FAULT_NAN_STEPS", "")
@@ -75,15 +64,19 @@ def _fault_steps() -> set[int]:
 _STEP_SLEEP = float(os.environ.get("PRETRAIN_TEST_STEP_SLEEP", "0") or 0)
 
 
-def _to_device(batch: dict, device, float_dtype) -> dict:
-    out = {}
-    for k, v in batch.items():
-        if torch.is_tensor(v):
-            v = v.to(device, non_blocking=True)
-            if v.is_floating_point():
-                v = v.to(float_dtype)
-        out[k] = v
-    return out
+class _BackwardFault(torch.autograd.Function):
+    """Identity on the loss whose backward fires the ``backward`` fault drill of its step: the
+    first node the autograd engine runs, so the drill acts inside the backward pass."""
+
+    @staticmethod
+    def forward(ctx, loss, step):
+        ctx.step = step
+        return loss.view_as(loss)
+
+    @staticmethod
+    def backward(ctx, grad):
+        faults.at("backward", ctx.step)
+        return grad, None
 
 
 class Trainer:
@@ -92,34 +85,38 @@ class Trainer:
         self.s: Setup = build_setup(cfg)
         self.result = Result(run_id=self.s.tracker.run_id)
         self._metrics_file = None
+        self.watchdog = Watchdog(cfg.train.hang_timeout_s, D.rank(), D.world_size(), default_store())
 
     # ------------------------------------------------------------------------------------------
     def run(self) -> Result:
-        cfg, s = self.cfg, self.s
-        _install_signal_handlers()
-        faults = _fault_steps()
+        signals.install()  # pretrain train installed it at start already; train(cfg) callers get it here
+        faults.set_steps(self.s.start_step + 1, self.cfg.train.steps)
+        self.watchdog.start()
+        try:
+            return self._run()
+        finally:
+            self.watchdog.stop()
+
+    def _run(self) -> Result:
+        cfg, s, dog = self.cfg, self.s, self.watchdog
+        nan_steps = _fault_steps()
         ramp = cfg.train.batch_rampup is not None
         per_sample = s.items_per_step // global_batch(cfg, s.dp_size)  # tokens of a sample (seq_len), or 1 image
         step = s.start_step
-        self.result.start_step = step
+        self.result.start_step = self.result.final_step = step
+        if self._any_rank(signals.requested() is not None):  # a signal while the job was starting
+            self.result.stopped_by = "signal"
+            kept = f"the checkpoint of step {step} stays in charge" if step else "no checkpoint yet"
+            D.print0(f"[pretrain] stop signal received while starting: nothing new to save ({kept}), exiting cleanly")
+            return self.result
         nonfinite_in_row = 0
         t_last, tokens_last = time.perf_counter(), s.tokens_seen
         while step < cfg.train.steps:
             step += 1
-            loss_sum = 0.0
+            dog.mark(step, "data")
+            faults.at("step", step)
             accum = self._accumulation(ramp, per_sample)
-            batches = [next(s.train_iter) for _ in range(accum)]
-            for i, (batch, weight) in enumerate(zip(batches, self._label_weights(batches, accum))):
-                if ramp:  # the boundary from this step's own count, not DeepSpeed's running micro-step count
-                    s.engine.set_gradient_accumulation_boundary(i == accum - 1)
-                loss = s.engine(**_to_device(batch, s.device, s.float_dtype))
-                if weight != 1.0:
-                    loss = loss * weight
-                if step in faults:
-                    loss = loss * float("nan")
-                s.engine.backward(loss)
-                s.engine.step()
-                loss_sum += float(loss.detach().float().item())
+            loss_sum = self._micro_batches(step, accum, ramp, step in nan_steps)
             s.tokens_seen += accum * cfg.train.micro_batch_size * s.dp_size * per_sample
             if _STEP_SLEEP:
                 time.sleep(_STEP_SLEEP)  # test hook: lets a test signal or kill a job mid-run
@@ -127,10 +124,13 @@ class Trainer:
             s.skipped_before = s.engine.skipped_steps
             # one small all-reduce: mean loss over data-parallel ranks, and any rank's stop signal (on
             # the compute device: NCCL reduces no CPU tensors)
-            stats = torch.tensor([loss_sum / accum, 1.0 if _STOP["signal"] else 0.0], dtype=torch.float64,
+            stats = torch.tensor([loss_sum / accum, 1.0 if signals.requested() else 0.0], dtype=torch.float64,
                                  device=s.device)
-            if D.world_size() > 1:
-                dist.all_reduce(stats)
+            dog.mark(step, "all-reduce")
+            work = dist.all_reduce(stats, async_op=True) if D.world_size() > 1 else None
+            faults.at("collective", step)  # drills: a rank lost while the collective is in flight
+            if work is not None:
+                work.wait()
             loss_mean = stats[0].item() / D.world_size()
             stop_requested = stats[1].item() > 0
             self._record(step, loss_mean, skipped)
@@ -146,6 +146,7 @@ class Trainer:
                 self._log(step, loss_mean, now - t_last, s.tokens_seen - tokens_last, max(1, step - s.last_logged))
                 t_last, tokens_last, s.last_logged = now, s.tokens_seen, step
             if cfg.train.eval_every and step % cfg.train.eval_every == 0:
+                dog.mark(step, "eval")
                 self.result.eval[step] = self.evaluate(step)
             if nonfinite_in_row >= cfg.train.max_nonfinite_in_row:
                 self._save(step)
@@ -164,6 +165,29 @@ class Trainer:
         if self.result.stopped_by == "finished" and step > s.start_step:
             self._save(step)
         return self.result
+
+    def _micro_batches(self, step: int, accum: int, ramp: bool, nan: bool) -> float:
+        """Forward, backward and DeepSpeed's step for each of the step's micro-batches; their loss sum."""
+        s, dog = self.s, self.watchdog
+        loss_sum = 0.0
+        batches = [next(s.train_iter) for _ in range(accum)]
+        for i, (batch, weight) in enumerate(zip(batches, self._label_weights(batches, accum))):
+            if ramp:  # the boundary from this step's own count, not DeepSpeed's running micro-step count
+                s.engine.set_gradient_accumulation_boundary(i == accum - 1)
+            dog.mark(step, "forward")
+            loss = s.engine(**to_device(batch, s.device, s.float_dtype))
+            if weight != 1.0:
+                loss = loss * weight
+            if nan:
+                loss = loss * float("nan")
+            if faults.pending("backward", step):
+                loss = _BackwardFault.apply(loss, step)
+            dog.mark(step, "backward")
+            s.engine.backward(loss)
+            dog.mark(step, "optimizer")
+            s.engine.step()
+            loss_sum += float(loss.detach().float().item())
+        return loss_sum
 
     def _accumulation(self, ramp: bool, per_sample: int) -> int:
         """Micro-batches of the next step: fixed, or per ``train.batch_rampup`` from the samples
@@ -221,11 +245,18 @@ class Trainer:
             metrics["train/mfu"] = mfu
         s.tracker.log_metrics(metrics, step)
 
+    def _any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any rank (one small all-reduce)."""
+        t = torch.tensor([1.0 if flag else 0.0], dtype=torch.float64, device=self.s.device)
+        if D.world_size() > 1:
+            dist.all_reduce(t)
+        return bool(t.item() > 0)
+
     def evaluate(self, step: int) -> dict:
         from pretrain.evaluation import evaluate
 
         started = time.perf_counter()
-        metrics = evaluate(self.s, self.cfg)
+        metrics = evaluate(self.s, self.cfg, on_batch=lambda: self.watchdog.mark(step, "eval"))
         if metrics:
             D.print0(f"eval  {step:>7d} | " + " | ".join(f"{k} {v:.4f}" for k, v in metrics.items())
                      + f" | {time.perf_counter() - started:.1f} s")
@@ -234,8 +265,10 @@ class Trainer:
 
     def _save(self, step: int) -> None:
         s, cfg = self.s, self.cfg
+        self.watchdog.mark(step, "checkpoint")
         state = {
             "step": step, "tokens_seen": s.tokens_seen, "skipped_steps": self.result.skipped_steps,
+            "started_from_step": s.start_step, "resumed_from": str(s.resume_dir) if s.resume_dir else None,
             **layout(cfg, D.world_size()),
             "mlflow_run_id": s.tracker.run_id, "family": s.family,
             "last_loss": self.result.losses.get(step), "command": " ".join(sys.argv),
@@ -251,7 +284,8 @@ class Trainer:
             shared["tokenizer.model"] = tok
         tag_dir = C.save(s.engine, cfg.train.run_dir, step,
                          rank_files={"loader": s.train_loader.state_dict(), "rng": C.rng_state()},
-                         shared_files=shared, keep_last=cfg.checkpoint.keep_last)
+                         shared_files=shared, keep_last=cfg.checkpoint.keep_last,
+                         progress=lambda: self.watchdog.mark(step, "checkpoint"))
         self.result.checkpoint = str(tag_dir)
         D.print0(f"[pretrain] checkpoint {tag_dir}")
 
@@ -275,7 +309,9 @@ def _write_pids(run_dir: str) -> None:
 
 def train(cfg: Config) -> Result:
     """Train per ``cfg`` in this rank (call it in every rank). Returns the run's ``Result``."""
+    signals.install()
     D.init_distributed()
+    faults.install(D.rank())
     dp_size(cfg, D.world_size())  # the batch identity must hold for this world
     Path(cfg.train.run_dir).mkdir(parents=True, exist_ok=True)
     _write_pids(cfg.train.run_dir)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
+import json
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -10,8 +14,18 @@ import pytest
 from mlflow import MlflowClient
 
 from pretrain.config import config_from_dict, flatten, to_dict
-from pretrain.tracking import DEFAULT_URI, MAX_PARAM_VALUE, NullTracker, Tracker, make_tracker, resolve_uri
-from tests.mlflow_server import Server
+from pretrain.tracking import (
+    DEFAULT_URI,
+    MAX_PARAM_VALUE,
+    PREVIOUS_RUN_TAG,
+    NullTracker,
+    Tracker,
+    TrackingError,
+    is_transient,
+    make_tracker,
+    resolve_uri,
+)
+from tests.mlflow_server import Server, free_port
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -171,3 +185,105 @@ def test_server_killed_mid_run_buffers_then_delivers(server, caplog):
     unreachable = [r for r in warnings_of(caplog) if "unreachable" in r.getMessage()]
     assert len(unreachable) == 2  # one per tracker, for the whole outage
     assert any("reachable again" in r.getMessage() for r in caplog.records)
+
+
+class _Answer(http.server.BaseHTTPRequestHandler):
+    """Answers every request with the server's ``status`` and ``body`` (JSON, or HTML when None)."""
+
+    def _answer(self):
+        self.server.requests += 1
+        body = json.dumps(self.server.body).encode() if self.server.body is not None else b"<html>no</html>"
+        self.send_response(self.server.status)
+        self.send_header("Content-Type", "application/json" if self.server.body is not None else "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def answering(status: int, body: dict | None = None):
+    """A real HTTP server on 127.0.0.1 that answers everything with ``status`` (a proxy, a broken
+    or refusing store), counting the requests."""
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answer)
+    srv.status, srv.body, srv.requests = status, body, 0
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield srv, f"http://127.0.0.1:{srv.server_port}"
+    finally:
+        srv.shutdown()
+
+
+def _error_of(fn) -> BaseException:
+    try:
+        fn()
+    except Exception as e:
+        return e
+    raise AssertionError("no error raised")
+
+
+def test_only_outages_are_retried(tmp_path, monkeypatch):
+    """Connection refused and HTTP 5xx are outages; a 4xx (with MLflow's error body or a proxy's
+    page), a missing run, and a bug in our own code are not: retrying cannot fix them."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    errors = {}
+    for status, body in ((503, None), (500, {"error_code": "INTERNAL_ERROR", "message": "db down"}),
+                         (403, {"error_code": "PERMISSION_DENIED", "message": "no"}), (404, None),
+                         (401, {"error_code": "X-PROXY", "message": "log in"})):
+        with answering(status, body) as (_, url):
+            errors[status] = _error_of(lambda url=url: MlflowClient(url).get_experiment_by_name("x"))
+    errors["refused"] = _error_of(lambda: MlflowClient(f"http://127.0.0.1:{free_port()}").get_experiment_by_name("x"))
+    errors["no such run"] = _error_of(lambda: MlflowClient(f"sqlite:///{tmp_path / 's.db'}").get_run("0" * 32))
+    errors["bug"] = TypeError("expected str, bytes or os.PathLike object, not int")
+    assert {k for k, e in errors.items() if is_transient(e)} == {503, 500, "refused"}, errors
+
+
+def test_a_bug_in_the_sender_surfaces_at_once(tmp_path):
+    """A TypeError in a request is not an outage to retry for ever: the next call on the training
+    thread raises it."""
+    tracker = Tracker(uri=f"sqlite:///{tmp_path / 'm.db'}", experiment="tests")
+    tracker.start(make_cfg())
+    (tmp_path / "a.txt").write_text("x")
+    tracker.log_artifact(tmp_path / "a.txt", artifact_path=5)  # an int where MLflow needs a path
+    deadline = time.monotonic() + 30
+    while tracker.failure is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with pytest.raises(TrackingError, match="TypeError"):
+        tracker.log_metrics({"train/loss": 1.0}, step=1)
+    assert tracker.warnings == 0  # never reported as an outage
+    tracker.end()  # ends quietly: the failure was raised already
+
+
+def test_a_store_that_refuses_the_run_fails_at_start(monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with answering(403, {"error_code": "PERMISSION_DENIED", "message": "not yours"}) as (srv, url):
+        tracker = Tracker(uri=url, experiment="tests", retry_interval=0.1)
+        with pytest.raises(TrackingError, match="PERMISSION_DENIED: not yours"):
+            tracker.start(make_cfg(), wait=30)
+        time.sleep(0.5)
+        assert srv.requests == 1  # asked once, not retried
+        tracker.end()
+
+
+def test_a_resumed_run_that_no_longer_exists_starts_a_new_run_tagged_with_the_old(tmp_path, caplog):
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    first = Tracker(uri=uri, experiment="tests")
+    old = first.start(make_cfg())
+    first.end()
+    client = MlflowClient(uri)
+    client.delete_run(old)  # the UI's delete: the run lingers, marked deleted
+    resumed = Tracker(uri=uri, experiment="tests")
+    new = resumed.start(make_cfg(), run_id=old)
+    resumed.end()
+    assert new not in (None, old) and resumed.replaced_run_id == old
+    assert client.get_run(new).data.tags[PREVIOUS_RUN_TAG] == old
+    assert any("no longer exists" in r.getMessage() and old in r.getMessage() for r in warnings_of(caplog))
+    gone = Tracker(uri=uri, experiment="tests")  # an id this store never had (another store's run)
+    assert gone.start(make_cfg(), run_id="f" * 32) not in (None, "f" * 32)
+    gone.end()

@@ -4,6 +4,10 @@ Example::
 
     pretrain data imagenet --input /data/imagenet --out /data/shards/imagenet --split train,val \\
         --max-size 512 --shard-size 1000 --num-cpus 16
+
+Exit codes: 0 done (bad images are rejected and counted, not failures); 2 bad arguments or input
+(missing, corrupt outer tar, ``--out`` not writable); 1 more inputs could not be read (permission,
+I/O) than ``--max-failed-inputs`` allows -- no manifest is written then -- or a write failed (disk full).
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default: sorted class folders, names from LOC_synset_mapping.txt")
     parser.add_argument("--max-pixels", type=int, default=None,
                         help="refuse images declaring more pixels than this (decompression bombs; default 89478485)")
+    parser.add_argument("--max-failed-inputs", type=float, default=0, metavar="N|F",
+                        help="inputs allowed to be unreadable (permission or I/O errors, a broken class tar): "
+                             "a count, or a fraction below 1 of all inputs (default 0: any failure exits 1)")
     parser.add_argument("--num-cpus", type=int, default=None, help="parallel workers (default: all Ray CPUs)")
     parser.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting one")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -35,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from data_pipeline.imagenet.pipeline import BuildConfig, build
+    from data_pipeline.imagenet.pipeline import BuildConfig, InputsFailed, OutputError, build
     from data_pipeline.imagenet.process import DEFAULT_MAX_PIXELS
     from data_pipeline.imagenet.sources import InputError
 
@@ -47,15 +54,22 @@ def run(args: argparse.Namespace) -> int:
         max_size=args.max_size, quality=args.quality, shard_size=args.shard_size, seed=args.seed,
         max_pixels=DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels, classes_file=args.classes, num_cpus=args.num_cpus,
         ray_address=args.ray_address, progress=not args.no_progress, shard_delay_s=args.debug_shard_delay,
+        max_failed_inputs=args.max_failed_inputs,
     )
     try:
         manifest = build(cfg)
     except InputError as e:
         print(f"pretrain data imagenet: error: {e}", file=sys.stderr)
         return 2
+    except (InputsFailed, OutputError) as e:
+        print(f"pretrain data imagenet: error: {e}", file=sys.stderr)
+        return 1
     for split, entry in manifest["splits"].items():
         c = entry["counts"]
         print(f"{split}: {entry['samples']} samples in {len(entry['shards'])} shards, {entry['bytes']} bytes; "
               f"read {c['read']}, rejected {sum(c['rejected'].values())} {c['rejected']}")
+        if c.get("failed_inputs"):
+            print(f"pretrain data imagenet: warning: {split}: {c['failed_inputs']} input(s) could not be read "
+                  f"(allowed by --max-failed-inputs); see {args.out}/{entry['rejected']}", file=sys.stderr)
     print(f"wrote {args.out}/manifest.json ({len(manifest['classes'])} classes)")
     return 0

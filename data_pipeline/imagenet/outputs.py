@@ -12,7 +12,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from data_pipeline.imagenet.sources import InputError
+from data_pipeline.imagenet.sources import FAILED_REASONS, InputError
 from data_pipeline.shards import write_bytes_atomic, write_json_atomic
 
 FORMAT = "pretrain-image-shards"
@@ -61,15 +61,16 @@ def _write_rejected(out_dir: str | Path, split: str, rows: list[dict]) -> str:
     return rel
 
 
-def _split_entry(out_dir, split: str, classes: list[dict], summaries: list[dict], unlabeled: list[dict]) -> dict:
-    rejected = list(unlabeled) + [r for s in summaries for r in s["rejected"]]
+def _split_entry(out_dir, split: str, classes: list[dict], summaries: list[dict], unplaced: list[dict]) -> dict:
+    """``unplaced``: rejection rows of inputs that never reached a shard (no label, not readable)."""
+    rejected = list(unplaced) + [r for s in summaries for r in s["rejected"]]
     counts: Counter = Counter()
     class_counts = {c["wnid"]: 0 for c in classes}
     for s in summaries:
         counts.update(s["counts"])
         for wnid, n in s["class_counts"].items():
             class_counts[wnid] += n
-    counts["read"] += len(unlabeled)
+    counts["read"] += len(unplaced)
     shards = [s["shard"] for s in summaries]
     return {
         "samples": sum(s["samples"] for s in shards),
@@ -77,6 +78,7 @@ def _split_entry(out_dir, split: str, classes: list[dict], summaries: list[dict]
         "class_counts": dict(sorted(class_counts.items())),
         "shards": shards,
         "counts": {**{k: counts.get(k, 0) for k in ("read", "kept", "kept_original", "reencoded", "resized")},
+                   "failed_inputs": sum(r["reason"] in FAILED_REASONS for r in rejected),
                    "rejected": dict(sorted(Counter(r["reason"] for r in rejected).items()))},
         "rejected": _write_rejected(out_dir, split, rejected),
     }
@@ -103,8 +105,8 @@ def timm_info(splits: dict, name: str = "imagenet") -> dict:
 def write_outputs(out_dir, classes: list[dict], split_results: dict, pipeline: dict, previous: dict) -> dict:
     """Write rejected/*.parquet, _info.json and manifest.json (last); return the manifest."""
     splits = dict(previous)
-    for split, (summaries, unlabeled) in split_results.items():
-        splits[split] = _split_entry(out_dir, split, classes, summaries, unlabeled)
+    for split, (summaries, unplaced) in split_results.items():
+        splits[split] = _split_entry(out_dir, split, classes, summaries, unplaced)
     splits = dict(sorted(splits.items()))
     manifest = {"format": FORMAT, "version": VERSION, "kind": "image", "classes": classes, "splits": splits,
                 "pipeline": pipeline, "counts": _total_counts(splits)}

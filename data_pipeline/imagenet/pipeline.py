@@ -11,13 +11,19 @@ Order of work, and why it makes output independent of worker count and restarts:
 4. write ``rejected/<split>.parquet``, ``_info.json`` and finally ``manifest.json``.
 
 Rejected files keep their planned slot empty, so a shard may hold fewer than ``shard_size`` samples.
+Inputs that could not be read at all (permission or I/O errors, a broken per-class tar) are failed
+inputs: above ``max_failed_inputs`` (a count, or a fraction of the inputs) the run ends with
+``InputsFailed`` and writes no manifest -- its finished shards stay for the rerun. A write that
+fails (disk full, read-only) is an ``OutputError`` naming the path.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import shutil
 import sys
+import tempfile
 from collections import deque
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -25,8 +31,16 @@ from pathlib import Path
 from data_pipeline.imagenet import outputs
 from data_pipeline.imagenet.process import DEFAULT_MAX_PIXELS, ImageOptions
 from data_pipeline.imagenet.shard_task import STATE_DIR, finished_summary, plan_fingerprint, process_shard
-from data_pipeline.imagenet.sources import InputError, Item, SplitInput, build_classes, scan_split
+from data_pipeline.imagenet.sources import FAILED_REASONS, InputError, Item, SplitInput, build_classes, scan_split
 from data_pipeline.shards import remove_stale_temps
+
+
+class OutputError(RuntimeError):
+    """Writing the output failed (disk full, read-only, quota); the message names the path."""
+
+
+class InputsFailed(RuntimeError):
+    """More inputs could not be read than allowed; the message summarises which and why."""
 
 
 @dataclass
@@ -43,6 +57,7 @@ class BuildConfig:
     num_cpus: int | None = None
     ray_address: str | None = None
     progress: bool = True
+    max_failed_inputs: float = 0  # inputs allowed to fail (unreadable): a count, or a fraction below 1
     shard_delay_s: float = 0.0  # test hook, not part of the output
 
     def image_options(self) -> ImageOptions:
@@ -99,12 +114,65 @@ def _run_shards(ray, cfg: BuildConfig, split: str, plan, class_index: dict[str, 
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
                 index = pending.pop(ref)
-                summaries[index] = ray.get(ref)
+                summaries[index] = _result(ray, ref, cfg.out)
                 bar.update(len(plan[index]))
                 bar.set_postfix(shards=f"{len(summaries)}/{len(plan)}", refresh=False)
     finally:
         bar.close()
     return [summaries[i] for i in range(len(plan))]
+
+
+def _result(ray, ref, out: str) -> dict:
+    """A shard task's summary; a write that failed in it (an ``OSError``) becomes an ``OutputError``."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, OSError):
+            raise OutputError(_write_failure(out, cause)) from None
+        raise
+
+
+def _write_failure(out: str, e: OSError) -> str:
+    where = e.filename or out
+    free = shutil.disk_usage(out).free if os.path.isdir(out) else None
+    return (f"--out {out}: writing {where} failed ({e.strerror or e}"
+            + (f"; {free:,} bytes free there" if free is not None else "")
+            + "); finished shards are kept, rerun once there is room")
+
+
+def _check_writable(out: str) -> None:
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        raise InputError(f"--out {out}: not writable ({e.strerror or e})") from None
+
+
+def _allowed_failures(cfg: BuildConfig, inputs: int) -> int:
+    m = cfg.max_failed_inputs
+    return int(m * inputs) if 0 < m < 1 else int(m)
+
+
+def _check_failures(cfg: BuildConfig, split_results: dict, inputs: int) -> int:
+    """The number of failed inputs; raises ``InputsFailed`` (and removes a manifest that would no
+    longer describe ``--out``) when there are more than allowed."""
+    rows = [r for summaries, extra in split_results.values()
+            for r in [*extra, *(x for s in summaries for x in s["rejected"])] if r["reason"] in FAILED_REASONS]
+    allowed = _allowed_failures(cfg, inputs)
+    if len(rows) <= allowed:
+        return len(rows)
+    Path(cfg.out, "manifest.json").unlink(missing_ok=True)
+    by_reason: dict[str, int] = {}
+    for r in rows:
+        by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
+    shown = "\n  ".join(f"{r['source']}: {r['reason']}: {r['detail']}" for r in rows[:10])
+    raise InputsFailed(f"{len(rows)} of {inputs} inputs could not be read ({by_reason}), more than the "
+                       f"{allowed} allowed by --max-failed-inputs:\n  {shown}"
+                       + (f"\n  ... and {len(rows) - 10} more" if len(rows) > 10 else "")
+                       + "\nno manifest written; fix the inputs and rerun (finished shards are kept), or allow "
+                         "them with --max-failed-inputs N (a count) or F (a fraction below 1)")
 
 
 def _remove_extra_shards(out_dir: str, split: str, n_shards: int) -> None:
@@ -143,12 +211,15 @@ def _check_config(cfg: BuildConfig) -> None:
         raise InputError(f"--split {','.join(cfg.splits)}: give split names such as train,val")
     if cfg.classes_file and not Path(cfg.classes_file).is_file():
         raise InputError(f"--classes {cfg.classes_file}: no such file")
+    if cfg.max_failed_inputs < 0:
+        raise InputError(f"--max-failed-inputs {cfg.max_failed_inputs:g}: a count >= 0, or a fraction below 1")
 
 
 def build(cfg: BuildConfig) -> dict:
     """Run the whole pipeline; returns the manifest it wrote. Raises InputError for bad input."""
     _check_config(cfg)
     cfg = replace(cfg, input=os.path.abspath(cfg.input), out=os.path.abspath(cfg.out))  # workers have another cwd
+    _check_writable(cfg.out)
     scans = {split: scan_split(cfg.input, split) for split in cfg.splits}
     labelled = {split: _labelled(s) for split, s in scans.items()}
     wnids = {it.wnid for items, _ in labelled.values() for it in items}
@@ -172,6 +243,10 @@ def build(cfg: BuildConfig) -> dict:
             plan = plan_shards(items, split, cfg.seed, cfg.shard_size)
             summaries = _run_shards(ray, cfg, split, plan, class_index)
             _remove_extra_shards(cfg.out, split, len(plan))
-            split_results[split] = (summaries, unlabeled)
+            split_results[split] = (summaries, unlabeled + scans[split].failed)
     remove_stale_temps(cfg.out)  # all our tasks are done: temps now can only be from a killed earlier run
-    return outputs.write_outputs(cfg.out, classes, split_results, cfg.recorded(), previous)
+    _check_failures(cfg, split_results, sum(len(s.items) + len(s.failed) for s in scans.values()))
+    try:
+        return outputs.write_outputs(cfg.out, classes, split_results, cfg.recorded(), previous)
+    except OSError as e:
+        raise OutputError(_write_failure(cfg.out, e)) from None

@@ -4,7 +4,8 @@ A shard's content is a pure function of its planned entries and the image option
 on any machine writes the same bytes, and a shard finished before a kill need not be redone.
 After the tar is renamed into place, a small state file ``_state/<split>/shard-NNNNNN.json``
 records its summary (counts, rejections, sha256) under a fingerprint of the plan; a rerun with the
-same fingerprint and a tar of the recorded size skips the shard.
+same fingerprint and a tar of the recorded size skips the shard -- unless some of its inputs could
+not be read (permission, I/O): that shard is done again, so a fixed input is not lost for good.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from data_pipeline.imagenet.process import ImageOptions, Rejected, process_image
-from data_pipeline.imagenet.sources import Item, read_item
+from data_pipeline.imagenet.sources import FAILED_REASONS, Item, failure_reason, read_item
 from data_pipeline.shards import shard_name, write_json_atomic, write_shard
 
 STATE_DIR = "_state"
@@ -70,8 +71,8 @@ def process_shard(out_dir: str, split: str, index: int, entries: list[tuple[int,
             counts["read"] += 1
             try:
                 data = read_item(item)
-            except OSError as e:
-                rejected.append(_reject_row(item, "unreadable", str(e)))
+            except OSError as e:  # not a bad image: an input we could not read (counted as failed)
+                rejected.append(_reject_row(item, failure_reason(e), f"{type(e).__name__}: {e}"))
                 continue
             try:
                 processed = process_image(data, options)
@@ -89,16 +90,29 @@ def process_shard(out_dir: str, split: str, index: int, entries: list[tuple[int,
 
     if delay_s:
         time.sleep(delay_s)  # test hook: keeps a run alive long enough to be killed mid-way
-    info = write_shard(out_dir, shard_rel_path(split, index), samples())
+    path = Path(out_dir) / shard_rel_path(split, index)
+    try:
+        info = write_shard(out_dir, shard_rel_path(split, index), samples())
+    except OSError as e:
+        raise _named(e, path) from e
     summary = {
         "fingerprint": fingerprint,
         "shard": {"path": info.path, "samples": info.samples, "bytes": info.bytes, "sha256": info.sha256},
         "class_counts": dict(sorted(class_counts.items())),
         "counts": dict(sorted(counts.items())),
         "rejected": rejected,
+        "failed_inputs": sum(r["reason"] in FAILED_REASONS for r in rejected),
     }
-    write_json_atomic(state_path(out_dir, split, index), summary)
+    try:
+        write_json_atomic(state_path(out_dir, split, index), summary)
+    except OSError as e:
+        raise _named(e, state_path(out_dir, split, index)) from e
     return summary
+
+
+def _named(e: OSError, path: Path) -> OSError:
+    """``e`` naming ``path``: a full disk's write() errors name no file."""
+    return OSError(e.errno, e.strerror or str(e), str(path))
 
 
 def finished_summary(out_dir: str | Path, split: str, index: int, fingerprint: str) -> dict | None:
@@ -108,7 +122,7 @@ def finished_summary(out_dir: str | Path, split: str, index: int, fingerprint: s
         summary = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if summary.get("fingerprint") != fingerprint:
+    if summary.get("fingerprint") != fingerprint or summary.get("failed_inputs"):
         return None
     tar = Path(out_dir) / summary["shard"]["path"]
     if not tar.is_file() or tar.stat().st_size != summary["shard"]["bytes"]:

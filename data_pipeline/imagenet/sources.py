@@ -14,6 +14,10 @@ the nested per-class tars) records where every image's bytes start, so a worker 
 image with one ``seek`` + ``read``. An image is named by ``source``, its path relative to the split
 (``<wnid>/<file>`` in class layouts), the same whether it came from a folder or a tar -- so the
 same images give the same shards.
+
+Inputs that cannot be read -- a class folder that cannot be listed, a per-class tar that is not
+a tar -- are recorded as failed inputs (``FAILED_REASONS``), not skipped in silence; an outer tar
+that is corrupt is an ``InputError`` naming the byte where it broke.
 """
 
 from __future__ import annotations
@@ -21,12 +25,15 @@ from __future__ import annotations
 import csv
 import os
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 SYNSET_MAPPING = "LOC_synset_mapping.txt"
 VAL_SOLUTION = "LOC_val_solution.csv"
+# rejection reasons that mean an input could not be read at all (not a bad image): they count against
+# --max-failed-inputs, and the shard holding them is redone on the next run
+FAILED_REASONS = ("permission_denied", "io_error", "corrupt_archive")
 
 
 class InputError(ValueError):
@@ -47,8 +54,22 @@ def read_item(item: Item) -> bytes:
     with open(item.path, "rb") as f:
         if item.offset >= 0:
             f.seek(item.offset)
-            return f.read(item.size)
+            data = f.read(item.size)
+            if len(data) != item.size:  # the archive changed or shrank since the scan
+                raise OSError(f"{item.path}: ends at byte {item.offset + len(data)}, inside {item.source} "
+                              f"({item.size} bytes at {item.offset})")
+            return data
         return f.read()
+
+
+def failure_reason(exc: OSError) -> str:
+    """``permission_denied`` or ``io_error``: what an input that could not be read is counted as."""
+    return "permission_denied" if isinstance(exc, PermissionError) else "io_error"
+
+
+def failed_row(source: str, exc: BaseException, reason: str | None = None) -> dict:
+    detail = f"{type(exc).__name__}: {exc}"
+    return {"source": source, "wnid": None, "reason": reason or failure_reason(exc), "detail": detail[:500]}
 
 
 @dataclass
@@ -59,6 +80,7 @@ class SplitInput:
     location: Path  # the split directory or the tar file
     items: list[Item]  # sorted by source; wnid None when no label was found
     meta_dirs: list[Path]  # where LOC_* files were looked for
+    failed: list[dict] = field(default_factory=list)  # inputs that could not be read (rejection rows)
 
 
 def _meta_dirs(input_path: Path, location: Path) -> list[Path]:
@@ -106,7 +128,9 @@ def read_synset_file(path: Path) -> list[tuple[str, str | None]]:
 
 def _locate(input_path: Path, split: str) -> Path:
     if not input_path.exists():
-        raise InputError(f"--input {input_path}: does not exist")
+        pattern = any(c in str(input_path) for c in "*?[")
+        raise InputError(f"--input {input_path}: does not exist"
+                         + (" (globs are not expanded: give one directory or tar)" if pattern else ""))
     if input_path.is_file():
         if not tarfile.is_tarfile(input_path):
             raise InputError(f"--input {input_path}: a file, but not a tar archive")
@@ -132,15 +156,20 @@ def _label(rel: str, flat_labels: dict[str, str] | None) -> str | None:
     return flat_labels.get(PurePosixPath(rel).stem)
 
 
-def _scan_dir(root: Path, flat_labels: dict[str, str] | None) -> list[Item]:
-    items = []
-    for dirpath, dirnames, filenames in os.walk(root):
+def _scan_dir(root: Path, flat_labels: dict[str, str] | None) -> tuple[list[Item], list[dict]]:
+    items, failed = [], []
+
+    def unlisted(e: OSError) -> None:  # os.walk skips what it cannot list unless told
+        where = Path(e.filename).relative_to(root).as_posix() if e.filename else str(root)
+        failed.append(failed_row(where + "/", e))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unlisted):
         dirnames.sort()
         rel_dir = Path(dirpath).relative_to(root).as_posix()
         for name in sorted(filenames):
             rel = name if rel_dir == "." else f"{rel_dir}/{name}"
             items.append(Item(rel, _label(rel, flat_labels), os.path.join(dirpath, name)))
-    return items
+    return items, failed
 
 
 def _clean_member(name: str, split: str) -> str:
@@ -150,26 +179,55 @@ def _clean_member(name: str, split: str) -> str:
     return "/".join(parts)
 
 
-def _scan_tar(path: Path, split: str, flat_labels: dict[str, str] | None) -> list[Item]:
-    items = []
+def _scan_tar(path: Path, split: str, flat_labels: dict[str, str] | None) -> tuple[list[Item], list[dict]]:
+    items, failed = [], []
+    last, at = "(none)", 0
     try:
         with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as outer:
             for member in outer:
-                if not member.isfile():
-                    continue
-                name = _clean_member(member.name, split)
-                if name.endswith(".tar"):  # a per-class tar: n01440764.tar
-                    wnid = PurePosixPath(name).stem
-                    inner_obj = outer.extractfile(member)
-                    with tarfile.open(fileobj=inner_obj, mode="r:") as inner:
-                        for m in inner:
-                            if m.isfile():
-                                rel = f"{wnid}/{_clean_member(m.name, split)}"
-                                items.append(Item(rel, wnid, str(path), member.offset_data + m.offset_data, m.size))
-                else:
-                    items.append(Item(name, _label(name, flat_labels), str(path), member.offset_data, member.size))
+                at = member.offset
+                if member.isfile():
+                    name = _clean_member(member.name, split)
+                    if name.endswith(".tar"):  # a per-class tar: n01440764.tar
+                        items += _scan_inner_tar(path, outer, member, name, split, failed)
+                    else:
+                        items.append(Item(name, _label(name, flat_labels), str(path), member.offset_data, member.size))
+                last = member.name
+            _check_end(f, outer.offset, at, last)
     except tarfile.ReadError as e:
-        raise InputError(f"--input {path}: not a readable plain tar ({e}); compressed tars are not supported") from None
+        if not items and not failed:
+            raise InputError(f"--input {path}: not a readable plain tar ({e}); compressed tars are not supported") from None
+        raise InputError(f"--input {path}: corrupt or truncated tar ({e}; last good member {last!r} at byte {at}); "
+                         f"nothing was written -- fetch the archive again") from None
+    except OSError as e:
+        raise InputError(f"--input {path}: cannot be read ({failure_reason(e)}: {e})") from None
+    return items, failed
+
+
+def _check_end(f, offset: int, at: int, last: str) -> None:
+    """tarfile takes a damaged header after the first one for the end of the archive, silently
+    dropping everything behind it: a real end is a zero block."""
+    f.seek(offset)
+    block = f.read(tarfile.BLOCKSIZE)
+    if len(block) < tarfile.BLOCKSIZE or block.strip(b"\0"):
+        what = "ends without its end-of-archive block" if len(block) < tarfile.BLOCKSIZE else "has a damaged header"
+        raise tarfile.ReadError(f"{what} at byte {offset}")
+
+
+def _scan_inner_tar(path: Path, outer: tarfile.TarFile, member: tarfile.TarInfo, name: str, split: str,
+                    failed: list[dict]) -> list[Item]:
+    """The images of one per-class tar inside ``outer``; a broken one is a failed input, not the end."""
+    wnid = PurePosixPath(name).stem
+    items = []
+    try:
+        with tarfile.open(fileobj=outer.extractfile(member), mode="r:") as inner:
+            for m in inner:
+                if m.isfile():
+                    rel = f"{wnid}/{_clean_member(m.name, split)}"
+                    items.append(Item(rel, wnid, str(path), member.offset_data + m.offset_data, m.size))
+    except tarfile.ReadError as e:
+        failed.append(failed_row(name, e, "corrupt_archive"))
+        return []
     return items
 
 
@@ -181,13 +239,13 @@ def scan_split(input_path: str | Path, split: str) -> SplitInput:
     solution = find_meta_file(meta_dirs, VAL_SOLUTION)
     flat_labels = read_val_solution(solution) if solution else None
     if location.is_dir():
-        items = _scan_dir(location, flat_labels)
+        items, failed = _scan_dir(location, flat_labels)
     else:
-        items = _scan_tar(location, split, flat_labels)
+        items, failed = _scan_tar(location, split, flat_labels)
     items.sort(key=lambda it: it.source)
-    if not items:
+    if not items and not failed:
         raise InputError(f"--input {input_path}: no files for split '{split}' in {location}")
-    return SplitInput(split, location, items, meta_dirs)
+    return SplitInput(split, location, items, meta_dirs, failed)
 
 
 def build_classes(wnids: set[str], classes_file: Path | None, meta_dirs: list[Path]) -> list[dict]:

@@ -17,7 +17,7 @@ State is ``{"batches": n, "pos": ..., "offset": o}``: how many batches this rank
 where to restart the scan, and the global items consumed before this batch geometry began.
 ``load_state_dict`` then rebuilds the stream from batch ``n``, so a resumed loader yields exactly
 the batches the uninterrupted one would have yielded next. A resume with another global batch
-(``pretrain.reshard.loader_state``) sets ``offset`` to every item read so far and ``n = 0``:
+(``pretrain.checkpoint.resume.loader_state``) sets ``offset`` to every item read so far and ``n = 0``:
 the new geometry deals the stream from there, nothing skipped, nothing read twice.
 """
 

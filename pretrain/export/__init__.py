@@ -37,7 +37,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: str = "fp32", fm
                       max_shard_size: str | int = DEFAULT_MAX_SHARD, overwrite: bool = False,
                       command: str | None = None, check: bool = True, progress: bool = False) -> Path:
     """Write the export of ``ckpt`` to ``out`` (a new directory, or replaced with ``overwrite``)."""
-    from pretrain.consolidate import CheckpointReader
+    from pretrain.checkpoint import CheckpointReader
     from pretrain.export.writer import parse_size
 
     if dtype not in DTYPES:

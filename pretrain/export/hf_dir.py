@@ -50,11 +50,11 @@ def write_hf_weights(reader, out: Path, dtype: torch.dtype, max_shard_bytes: int
 
 def write_state_dict(reader, out: Path, dtype: torch.dtype, max_shard_bytes: int, progress=None) -> list[str]:
     """``--format safetensors``: our own key names, tied copies written once."""
-    from pretrain.consolidate import _tied_source
+    from pretrain.checkpoint import tied_source
 
     writer = ShardedSafetensorsWriter(out, max_shard_bytes)
     for key in reader.keys():
-        if _tied_source(key, reader.model_config) != key:
+        if tied_source(key, reader.model_config) != key:
             continue
         writer.add(key, reader.tensor(key).to(dtype))
         if progress is not None:

@@ -5,7 +5,6 @@
     model = build_model(cfg, device="meta")    # shapes only; see pretrain.parallel for sharded builds
     model = from_hf("hf_dir")                  # family and sizes read from config.json
     to_hf(model, "out_dir")                    # config.json + model.safetensors
-    model = from_checkpoint("runs/x")          # trained weights (pretrain.consolidate does the reading)
 
 Every model has ``.config`` (the ModelConfig), ``forward``, ``encode``, ``loss(batch)`` and
 ``set_activation_checkpointing(enabled)``.
@@ -22,13 +21,12 @@ from pretrain.config import ModelConfig
 from pretrain.models.bert import Bert
 from pretrain.models.gpt import GPT
 from pretrain.models.init import full_shape, init_weights, materialize
-from pretrain.models.loading import from_checkpoint
 from pretrain.models.presets import PRESETS, preset
 from pretrain.models.vit import ViT
 
 FAMILIES = {"gpt": GPT, "bert": Bert, "vit": ViT}
 
-__all__ = ["FAMILIES", "PRESETS", "Bert", "GPT", "ViT", "build_model", "count_parameters", "from_checkpoint", "from_hf",
+__all__ = ["FAMILIES", "PRESETS", "Bert", "GPT", "ViT", "build_model", "count_parameters", "from_hf",
            "init_weights", "materialize", "parameter_kind", "preset", "to_hf"]
 
 

@@ -158,7 +158,7 @@ def test_a_new_batch_geometry_continues_the_stream_where_it_stopped(text_root, i
     and augmentations those of the item -- also past an epoch end and from a mid-stream scan."""
     import json
 
-    from pretrain.reshard import loader_state
+    from pretrain.checkpoint.resume import loader_state
 
     root = image_root if family == "vit" else text_root[0]
     stream = build_loader(cfg_for(root, family, 1), "train", 0, 1, train=True)  # item g = batch g

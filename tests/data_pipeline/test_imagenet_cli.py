@@ -1,20 +1,26 @@
 """`pretrain data imagenet` as a command: SIGKILL mid-run then rerun gives byte-identical output
-(finished shards are not redone), and bad input exits 2 naming the bad thing."""
+(finished shards are not redone), bad input exits 2 naming the bad thing, inputs that cannot be
+read fail the run (exit 1, summarised, reported as I/O or permission errors) unless allowed, and a
+write that fails (read-only, disk full) names the path and leaves nothing half-written."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from launch.cli import main
 from tests.data_pipeline.test_imagenet_pipeline import all_files
-from tests.data_pipeline.test_imagenet_process import make_tree
+from tests.data_pipeline.test_imagenet_process import make_tar_of_tars, make_tree
+from tests.fs_faults import as_namespace_root, read_only, small_disk, without_read_access
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -101,6 +107,8 @@ def test_sigkill_mid_run_then_rerun_gives_identical_output(ray_cluster, tmp_path
 
 @pytest.mark.parametrize("extra,needle", [
     (["--input", "/nonexistent/imagenet"], "--input /nonexistent/imagenet"),
+    (["--input", "/nonexistent/*.tar"], "--input /nonexistent/*.tar: does not exist (globs are not expanded"),
+    (["--max-failed-inputs", "-1"], "--max-failed-inputs -1"),
     (["--quality", "0"], "--quality 0"),
     (["--shard-size", "0"], "--shard-size 0"),
     (["--max-size", "-1"], "--max-size -1"),
@@ -174,3 +182,97 @@ def test_ray_address_joins_a_running_cluster_with_relative_paths(ray_cluster, tm
         os.kill(head.pid, signal.SIGKILL)
         head.wait()
         _kill_session(head.pid)
+
+
+def _cli(args: list[str], wrap=None, timeout: float = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "launch.cli", *args]
+    return subprocess.run(wrap(cmd) if wrap else cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_unreadable_inputs_fail_the_run_unless_allowed_and_are_redone(ray_cluster, tmp_path, capsys):
+    """A file that vanished (a dangling link: an I/O error, not a corrupt image) makes the run exit 1
+    with a summary and no manifest; --max-failed-inputs 1 lets it pass, counted; once the file is
+    back, the rerun redoes the shard that missed it -- the file is not lost for good."""
+    root, out = tmp_path / "in", tmp_path / "out"
+    make_tree(root, with_val=False)
+    gone = root / "train" / "n01440764" / "n01440764_gone.JPEG"
+    gone.symlink_to(tmp_path / "nowhere.JPEG")
+    args = cli_args(root, out, "--split", "train", "--num-cpus", "2")
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "1 of " in err and "inputs could not be read ({'io_error': 1})" in err, err
+    assert "n01440764/n01440764_gone.JPEG: io_error: FileNotFoundError" in err and "corrupt" not in err
+    assert not (out / "manifest.json").exists()
+
+    assert main([*args, "--max-failed-inputs", "1"]) == 0
+    assert "1 input(s) could not be read" in capsys.readouterr().err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["counts"]["failed_inputs"] == 1
+    rows = pq.read_table(out / "rejected" / "train.parquet").to_pylist()
+    assert [r["reason"] for r in rows if r["source"].endswith("_gone.JPEG")] == ["io_error"]
+    kept = manifest["splits"]["train"]["samples"]
+
+    gone.unlink()
+    shutil.copyfile(root / "train" / "n01443537" / "n01443537_big_1.JPEG", gone)  # the file is back
+    assert main(args) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["samples"] == kept + 1 and manifest["splits"]["train"]["counts"]["failed_inputs"] == 0
+
+
+def test_a_corrupt_outer_tar_exits_2_and_a_broken_class_tar_is_a_failed_input(ray_cluster, tmp_path, capsys):
+    root = tmp_path / "in"
+    make_tree(root, with_val=False)
+    archive = make_tar_of_tars(root / "train", tmp_path / "ILSVRC2012_img_train.tar")
+    data = archive.read_bytes()
+    second = data.index(b"n01443537.tar")  # the header of the second class tar
+    for name, damaged in (("header", data[:second] + b"\xff" * 20 + data[second + 20:]),
+                          ("truncated", data[: len(data) // 2])):
+        bad = tmp_path / f"{name}.tar"
+        bad.write_bytes(damaged)
+        out = tmp_path / f"out-{name}"
+        assert main(cli_args(bad, out, "--split", "train")) == 2, name
+        err = capsys.readouterr().err
+        assert f"--input {bad}: corrupt or truncated tar" in err and "last good member 'n01" in err, err
+        assert not out.exists() or not any(out.iterdir())  # nothing written
+
+    inner = data.index(b"n01443537_", second + 512)  # a member header inside the second class tar
+    bad = tmp_path / "inner.tar"
+    bad.write_bytes(data[:inner] + b"\x07" * 100 + data[inner + 100:])
+    assert main(cli_args(bad, tmp_path / "out-inner", "--split", "train", "--num-cpus", "2")) == 1
+    err = capsys.readouterr().err
+    assert "n01443537.tar: corrupt_archive" in err, err
+
+
+def test_permission_denied_input_is_reported_as_such(tmp_path):
+    root, out = tmp_path / "in", tmp_path / "out"
+    make_tree(root, wnids=("n01440764", "n01443537"), with_val=False)
+    locked = root / "train" / "n01443537" / "n01443537_big_1.JPEG"
+    without_read_access(locked)
+    proc = _cli(cli_args(root, out, "--split", "train", "--num-cpus", "1"), wrap=as_namespace_root)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "n01443537/n01443537_big_1.JPEG: permission_denied: PermissionError" in proc.stderr, proc.stderr[-3000:]
+    assert "{'permission_denied': 1}" in proc.stderr
+
+
+def test_read_only_out_and_a_full_disk_name_the_path_and_leave_nothing_torn(tmp_path):
+    root = tmp_path / "in"
+    make_tree(root, with_val=False)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    proc = _cli(cli_args(root, ro / "out", "--split", "train"), wrap=lambda cmd: read_only(ro, cmd))
+    assert proc.returncode == 2 and f"--out {ro / 'out'}: not writable (Read-only file system)" in proc.stderr, \
+        proc.stderr[-3000:]
+
+    out = tmp_path / "full"
+    out.mkdir()
+    listing = (f"echo FILES; find {out} -type f | sort; echo END; "
+               f"for t in $(find {out} -name '*.tar'); do tar -tf $t > /dev/null 2>&1 || echo TORN $t; done")
+    proc = _cli(cli_args(root, out, "--split", "train", "--num-cpus", "1"),
+                wrap=lambda cmd: small_disk(out, "48k", cmd, after=listing))
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert f"--out {out}: writing {out}/" in proc.stderr and "No space left on device" in proc.stderr, \
+        proc.stderr[-3000:]  # the shard (or its state file) that did not fit
+    files = proc.stdout.split("FILES\n", 1)[1].split("END", 1)[0].split()
+    assert files and not [f for f in files if ".tmp-" in f or f.endswith("manifest.json")], files
+    assert [f for f in files if f.endswith(".tar")] and "TORN" not in proc.stdout  # every tar there is whole

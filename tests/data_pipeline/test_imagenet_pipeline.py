@@ -8,6 +8,9 @@ import csv
 import hashlib
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from tests.conftest import shared_data_dir
 from tests.data_pipeline.test_imagenet_process import make_tar_of_tars, make_tree
 
 MAX = 48
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -268,3 +272,13 @@ def test_real_sample_default_index_is_the_sorted_subset_of_timms_order(ray_clust
     assert wnids == [w for w in timm_order if w in set(wnids)] and len(wnids) == 137
     kept = m["splits"]["train"]["counts"]
     assert kept["kept_original"] == 137 - 23 and kept["reencoded"] == 23 and kept["resized"] == 0
+    # as a new user would: the 10-class debug ViT on these 137 classes is refused before any rank
+    # starts, naming the field and the fix (it used to crash at the first step: Target 87 out of bounds)
+    proc = subprocess.run([sys.executable, "-m", "launch.cli", "train", "configs/vit/debug.yaml", "data.source=shards",
+                           f"data.path={tmp_path}", f"train.run_dir={tmp_path / 'run'}", "tracking.enabled=false"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"model.num_classes: got 10; data.path={tmp_path} holds 137 classes (labels 0..136); " \
+           "set model.num_classes=137" in proc.stderr
+    assert "[pretrain]" not in proc.stdout

@@ -1,4 +1,4 @@
-"""Resuming on another parallel layout (``pretrain.reshard``): real jobs, real DeepSpeed engines.
+"""Resuming on another parallel layout (``pretrain.checkpoint``): real jobs, real DeepSpeed engines.
 
 One run trains 8 steps with tensor 2 x ZeRO 1 on 2 ranks and checkpoints at step 4. That step-4
 checkpoint is resumed on layouts that share nothing with it but the global batch -- 1 rank with
@@ -51,7 +51,7 @@ def straight(tmp_path_factory, store):
 def test_resume_on_a_new_layout_continues_the_run(tmp_path, straight, store, name):
     from mlflow import MlflowClient
 
-    from pretrain.models import from_checkpoint
+    from pretrain.checkpoint import from_checkpoint
 
     nproc, layout = NEW_LAYOUTS[name]
     run_dir = tmp_path / name

@@ -1,18 +1,16 @@
 """The trainer end to end: real processes, real gloo ranks under torchrun, real DeepSpeed engines.
 
 Each test runs ``pretrain train`` as a user would and reads ``metrics.jsonl`` and the checkpoints.
+Kills, signals, hangs and resumes: ``test_recovery.py``.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import time
 
 import pytest
 
-from tests.dist.helpers import assert_close, losses, run_train, start_train, wait_for
+from tests.dist.helpers import assert_close, losses, run_train
 
 DEBUG = {"gpt": "configs/gpt/debug.yaml", "llama": "configs/gpt/debug-llama.yaml",
          "bert": "configs/bert/debug.yaml", "vit": "configs/vit/debug.yaml"}
@@ -89,64 +87,6 @@ def test_bert_loss_is_the_same_for_every_batch_split(tmp_path):
     assert_close(runs["one"], runs["accum2"], rel=1e-6, steps=range(1, 5))
 
 
-def test_exact_resume_after_sigkill(tmp_path):
-    """20 steps straight vs 10 steps, SIGKILL of the whole job, resume for 10 more: same losses
-    at every step, same final weights."""
-    extra = ["checkpoint.every=10", "parallel.zero_stage=1", "data.synthetic_samples=100000"]
-    run_train(DEBUG["gpt"], _common(tmp_path, "straight", 20, extra), nproc=2)
-    straight = losses(tmp_path / "straight")
-
-    run_dir = tmp_path / "killed"
-    slow = {"PRETRAIN_TEST_STEP_SLEEP": "0.3"}
-    proc = start_train(DEBUG["gpt"], _common(tmp_path, "killed", 20, extra), nproc=2, extra_env=slow,
-                       log=tmp_path / "killed.log")
-    try:
-        wait_for(lambda: (run_dir / "checkpoints" / "latest").exists(), 240, what="first checkpoint",
-                 proc=proc, log=tmp_path / "killed.log")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step00000010"
-    run_train(DEBUG["gpt"], _common(tmp_path, "killed", 20, [*extra, "checkpoint.resume=auto"]), nproc=2)
-    resumed = losses(run_dir)
-    assert sorted(resumed) == list(range(1, 21))
-    for step in range(1, 21):
-        assert resumed[step] == straight[step], (step, resumed[step], straight[step])
-    from pretrain.models import from_checkpoint
-
-    a = from_checkpoint(tmp_path / "straight" / "checkpoints" / "step00000020").state_dict()
-    b = from_checkpoint(run_dir / "checkpoints" / "step00000020").state_dict()
-    assert a.keys() == b.keys()
-    for k in a:
-        assert (a[k] == b[k]).all(), k
-
-
-def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
-    run_dir = tmp_path / "term"
-    extra = ["data.synthetic_samples=100000", "tracking.enabled=true", f"tracking.uri=sqlite:///{tmp_path}/ml.db"]
-    common = _common(tmp_path, "term", 200, extra)
-    common.remove("tracking.enabled=false")
-    proc = start_train(DEBUG["gpt"], common, nproc=2, extra_env={"PRETRAIN_TEST_STEP_SLEEP": "0.2"},
-                       log=tmp_path / "term.log")
-    wait_for(lambda: (run_dir / "metrics.jsonl").exists() and len(losses(run_dir)) >= 3, 240, what="3 steps",
-             proc=proc, log=tmp_path / "term.log")
-    os.killpg(proc.pid, signal.SIGTERM)
-    assert proc.wait(timeout=120) == 0, (tmp_path / "term.log").read_text()[-3000:]
-    tag = (run_dir / "checkpoints" / "latest").read_text().strip()
-    stopped_at = int(tag.removeprefix("step"))
-    assert 3 <= stopped_at < 200
-    state = json.loads((run_dir / "checkpoints" / tag / "trainer_state.json").read_text())
-    run_train(DEBUG["gpt"], [*common, f"train.steps={stopped_at + 3}", "checkpoint.resume=auto"],
-              nproc=2)
-    import mlflow
-
-    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path}/ml.db")
-    run = client.get_run(state["mlflow_run_id"])
-    history = client.get_metric_history(run.info.run_id, "train/loss")
-    assert max(m.step for m in history) == stopped_at + 3  # the same run got the resumed steps
-    assert len(client.search_runs([run.info.experiment_id])) == 1
-
-
 class _RunsCode:
     """Pickles to a call of ``open(path, "w")``: what a tampered checkpoint could make a plain unpickler run."""
 
@@ -189,20 +129,6 @@ def test_nonfinite_steps_are_skipped_then_stop(tmp_path):
     assert (tmp_path / "nan3" / "checkpoints" / "latest").read_text().strip() == "step00000006"
 
 
-def test_killing_one_rank_ends_the_job_nonzero_quickly(tmp_path):
-    run_dir = tmp_path / "die"
-    proc = start_train(DEBUG["gpt"], _common(tmp_path, "die", 100000, ["data.synthetic_samples=100000"]), nproc=2,
-                       extra_env={"PRETRAIN_TEST_STEP_SLEEP": "0.2"}, log=tmp_path / "die.log")
-    wait_for(lambda: (run_dir / "metrics.jsonl").exists(), 240, what="first step", proc=proc,
-             log=tmp_path / "die.log")
-    ranks = json.loads((run_dir / "pids.json").read_text())
-    t0 = time.monotonic()
-    os.kill(ranks["1"], signal.SIGKILL)
-    code = proc.wait(timeout=90)
-    assert code != 0
-    assert time.monotonic() - t0 < 60
-
-
 def test_init_from_checkpoint_and_from_import_hf(tmp_path):
     """checkpoint.init_from starts from the weights alone: the first loss equals the source model's
     loss on that batch, whether from a training checkpoint or from an import-hf directory."""
@@ -211,9 +137,9 @@ def test_init_from_checkpoint_and_from_import_hf(tmp_path):
 
     import torch
 
+    from pretrain.checkpoint import from_checkpoint
     from pretrain.config import load_config
     from pretrain.data import build_loader
-    from pretrain.models import from_checkpoint
     from tests.dist.helpers import REPO
 
     run_train(DEBUG["llama"], _common(tmp_path, "src", 4))

@@ -85,3 +85,15 @@ def test_image_shards_train_vit_with_eval(image_shards, tmp_path):
     assert proc.stdout.count("eval  batch 1/2 |") == 2 and "eval  batch 2/2" not in proc.stdout
     data = json.loads((run_dir / "checkpoints" / "step00000006" / "data.json").read_text())
     assert data["normalization"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+
+
+def test_shards_of_the_wrong_kind_are_refused_before_any_rank_starts(text_shards, image_shards, tmp_path):
+    """Text shards given to a ViT, image shards to a GPT: exit 2 naming data.path and the family,
+    before any rank starts (they used to raise inside the ranks with a traceback)."""
+    cases = (("configs/vit/debug.yaml", text_shards, "holds text shards but model.family=vit needs image shards"),
+             ("configs/gpt/debug.yaml", image_shards, "holds image shards but model.family=gpt needs text shards"))
+    for config, shards, needle in cases:
+        proc = run_train(config, ["data.source=shards", f"data.path={shards}", f"train.run_dir={tmp_path / 'x'}",
+                                  "tracking.enabled=false"], nproc=2, check=False)
+        assert proc.returncode == 2 and "data.path" in proc.stderr and needle in proc.stderr, proc.stderr[-2000:]
+        assert "[pretrain]" not in proc.stdout and "Traceback" not in proc.stderr

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from pretrain.consolidate import from_checkpoint, load_full_state_dict, torch_load
+from pretrain.checkpoint import from_checkpoint, load_full_state_dict, torch_load
 from pretrain.export import export_checkpoint
 from tests.export.conftest import EXTRA, LAYOUTS, MODELS, SAMPLE, run_name
 from tests.export.helpers import hf_logits, inputs, our_logits
@@ -82,7 +82,7 @@ def test_tensor1_equals_deepspeed_zero_to_fp32(checkpoints, name):
 def test_streamed_tensor_merge_equals_merge_tp_state_dicts(checkpoints, model):
     """The reader fills merged tensors shard by shard; it must equal the parallel package's merge
     of the per-tensor-rank state dicts."""
-    from pretrain.consolidate import CheckpointReader
+    from pretrain.checkpoint import CheckpointReader
     from pretrain.parallel import merge_tp_state_dicts
 
     reader = CheckpointReader(checkpoints[run_name(model, 3, 2)])
