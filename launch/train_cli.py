@@ -1,9 +1,11 @@
 """``pretrain train CONFIG [key.path=value ...] [--nproc N]``.
 
 The config is validated before anything starts (exit 2 on a bad one). Under a launcher
-(deepspeed, torchrun, srun: RANK/WORLD_SIZE set) every rank runs the trainer; with ``--nproc N``
-this process starts and supervises N local ranks (``launch.local``): a failing rank takes the
-whole job down, and SIGTERM/SIGUSR1 reach every rank.
+(deepspeed, torchrun, Ray Train: RANK/WORLD_SIZE set; srun: SLURM_PROCID/SLURM_NTASKS) every rank
+runs the trainer, after checking that all nodes share ``train.run_dir``; with ``--nproc N`` this
+process starts and supervises N local ranks (``launch.local``): a failing rank takes the whole
+job down, SIGTERM/SIGUSR1 reach every rank, and each rank's output also goes to
+``<run_dir>/logs/rank_NNNNN.log``.
 """
 
 from __future__ import annotations
@@ -24,41 +26,64 @@ def add_arguments(p) -> None:
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed
 
 
-def _under_launcher() -> bool:
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
-def _spawn(nproc: int, args) -> int:
+def _spawn(nproc: int, args, run_dir: str) -> int:
     from launch.local import free_port, run_ranks
 
-    return run_ranks(nproc, "launch.train_cli", [args.config, *args.overrides], free_port())
+    return run_ranks(nproc, "launch.train_cli", [args.config, *args.overrides], free_port(),
+                     log_dir=os.path.join(run_dir, "logs"))
+
+
+def load_checked(config: str, overrides: list[str], world: int):
+    """The resolved config, checked for a job of ``world`` ranks; ``ConfigError`` names what is wrong.
+    ``pretrain launch`` runs the same checks for every world its launcher may start."""
+    from pretrain.config import ConfigError, dp_size, load_config
+
+    cfg = load_config(None if config == "default" else config, overrides)
+    if cfg.parallel.world_size is not None and cfg.parallel.world_size != world:
+        raise ConfigError([("parallel.world_size", cfg.parallel.world_size,
+                            f"this job has {world} ranks; set --nproc or the launcher to match")])
+    dp_size(cfg, world)
+    if cfg.data.source == "shards" and not os.path.isfile(os.path.join(cfg.data.path, "manifest.json")):
+        raise ConfigError([("data.path", cfg.data.path, "no manifest.json there; run `pretrain data ...` first")])
+    if cfg.checkpoint.resume:  # a missing, half-written or incompatible checkpoint fails here, not in N ranks
+        from pretrain.checkpoint import CheckpointError
+        from pretrain.reshard import preflight
+
+        try:
+            preflight(cfg, world)
+        except CheckpointError as e:
+            raise ConfigError([("checkpoint.resume", cfg.checkpoint.resume, str(e))]) from None
+    return cfg
+
+
+def _check_shared_run_dir(cfg) -> None:
+    """Every node of a multi-node job must see the same run dir (collective; all ranks raise together)."""
+    from pretrain import distributed as D
+    from pretrain.config import ConfigError
+
+    D.init_distributed()
+    try:
+        D.check_shared_dir(cfg.train.run_dir, "train.run_dir")
+    except D.SharedStorageError as e:
+        D.shutdown()  # every rank got the same verdict: leave together, not with live gloo groups
+        raise ConfigError([("train.run_dir", cfg.train.run_dir, str(e))]) from None
 
 
 def run(args) -> int:
-    from pretrain.config import ConfigError, dp_size, load_config
+    from pretrain.config import ConfigError
+    from pretrain.distributed import launcher_world
 
+    launcher = launcher_world()
+    world = launcher.world_size if launcher else (args.nproc or 1)
     try:
-        cfg = load_config(None if args.config == "default" else args.config, args.overrides)
-        world = int(os.environ["WORLD_SIZE"]) if _under_launcher() else (args.nproc or 1)
-        if cfg.parallel.world_size is not None and cfg.parallel.world_size != world:
-            raise ConfigError([("parallel.world_size", cfg.parallel.world_size,
-                                f"this job has {world} ranks; set --nproc or the launcher to match")])
-        dp_size(cfg, world)
-        if cfg.data.source == "shards" and not os.path.isfile(os.path.join(cfg.data.path, "manifest.json")):
-            raise ConfigError([("data.path", cfg.data.path, "no manifest.json there; run `pretrain data ...` first")])
-        if cfg.checkpoint.resume:  # a missing, half-written or incompatible checkpoint fails here, not in N ranks
-            from pretrain.checkpoint import CheckpointError
-            from pretrain.reshard import preflight
-
-            try:
-                preflight(cfg, world)
-            except CheckpointError as e:
-                raise ConfigError([("checkpoint.resume", cfg.checkpoint.resume, str(e))]) from None
+        cfg = load_checked(args.config, args.overrides, world)
+        if launcher and world > 1:
+            _check_shared_run_dir(cfg)
     except ConfigError as e:
         print(f"pretrain: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    if not _under_launcher() and world > 1:
-        return _spawn(world, args)
+    if not launcher and world > 1:
+        return _spawn(world, args, cfg.train.run_dir)
     from pretrain.trainer import NonFiniteStop, train
 
     try:

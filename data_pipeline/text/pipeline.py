@@ -270,7 +270,7 @@ def run_pipeline(inputs: list[InputFile], out_dir: str | Path, opts: TextOptions
             return old  # already complete
     remove_stale_temps(runner.out)
     _claim_output(runner.out, runner.fp_all)
-    with ray_session(ray_address, num_cpus) as ray:
+    with ray_session(ray_address, num_cpus, shared_dir=runner.out) as ray:
         runner.ray = ray
         files = runner.stage1()
         runner._log(f"read+filter: {sum(f['documents'] for f in files)} documents, "
