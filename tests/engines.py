@@ -244,7 +244,20 @@ class RayCluster:
     address: str  # GCS host:port
     dashboard: str  # http://127.0.0.1:port (job submission)
     env: dict  # RAY_TMPDIR (so `--ray-address auto` finds this cluster), no auth token needed
+    private: Path | None  # a directory the two nodes see differently (None where that cannot be made)
     daemons: list[Daemon] = field(default_factory=list)
+
+
+def _own_mount_namespace(cmd: list[str], private: Path) -> list[str] | None:
+    """``cmd`` in a mount namespace of its own where ``private`` is an empty tmpfs: a second node
+    that does not share that directory with the first. None without root or ``unshare``."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return None
+    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True)
+    if probe.returncode != 0:
+        return None
+    script = 'mount -t tmpfs tmpfs "$0" && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(private), *cmd]
 
 
 def start_ray_cluster(cpus_per_node: int = 1) -> RayCluster:
@@ -253,8 +266,10 @@ def start_ray_cluster(cpus_per_node: int = 1) -> RayCluster:
     d = short_tmpdir("rt")
     port, dash = free_port(), free_port()
     # Ray 2.60's token auth would keep the token in ~/.ray, shared by everyone on the machine
+    # Ray runs its workers at nice 15; on this machine, shared with other busy processes, that
+    # starves a training for minutes, so the test cluster's workers run at the usual priority
     env = base_env({"RAY_TMPDIR": str(d), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-                    "RAY_DEDUP_LOGS": "0"})
+                    "RAY_DEDUP_LOGS": "0", "RAY_worker_niceness": "0"})
     common = ["--block", f"--num-cpus={cpus_per_node}", "--num-gpus=0", "--node-ip-address=127.0.0.1",
               "--disable-usage-stats"]
     daemons: list[Daemon] = []
@@ -264,13 +279,16 @@ def start_ray_cluster(cpus_per_node: int = 1) -> RayCluster:
                               d / "head.log", env=env, cwd=d))
         wait_until(lambda: port_open(port), 120, "the Ray head's GCS port", daemons)
         # the worker raylet starts while the head brings up its dashboard
-        daemons.append(Daemon("ray worker", [str(ray), "start", f"--address=127.0.0.1:{port}", *common],
-                              d / "worker.log", env=env, cwd=d))
+        worker = [str(ray), "start", f"--address=127.0.0.1:{port}", *common]
+        private = d / "private"
+        private.mkdir()
+        apart = _own_mount_namespace(worker, private)
+        daemons.append(Daemon("ray worker", apart or worker, d / "worker.log", env=env, cwd=d))
         for dm in daemons:
             wait_until(lambda dm=dm: "Ray runtime started" in dm.tail(100_000), 180, f"{dm.name} to start", daemons)
         wait_until(lambda: port_open(dash), 60, "the Ray dashboard", daemons)
         return RayCluster(dir=d, address=f"127.0.0.1:{port}", dashboard=f"http://127.0.0.1:{dash}", env=env,
-                          daemons=daemons)
+                          private=private if apart else None, daemons=daemons)
     except BaseException:
         stop_all(daemons)
         raise
