@@ -11,6 +11,8 @@ the job on the launching machine, not on the host the file names.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sys
 from pathlib import Path
@@ -24,7 +26,9 @@ def resources(args) -> dict[str, list[int]]:
         raise LaunchError("--hostfile FILE is needed (lines of `host slots=N`; see cluster/hostfile.example)")
     if not os.path.isfile(args.hostfile):
         raise LaunchError(f"--hostfile {args.hostfile}: no such file")
-    from deepspeed.launcher.runner import fetch_hostfile, parse_inclusion_exclusion
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        # importing the runner detects the accelerator and logs about it: not part of a dry run's output
+        from deepspeed.launcher.runner import fetch_hostfile, parse_inclusion_exclusion
 
     try:
         pool = fetch_hostfile(args.hostfile)
