@@ -74,6 +74,8 @@ def run(args) -> int:
     from pretrain.distributed import launcher_world
 
     launcher = launcher_world()
+    if launcher and launcher.world_size == 1 and args.nproc:
+        launcher = None  # `pretrain train --nproc N` in a one-task SLURM step (srun --pty bash): start N ranks
     world = launcher.world_size if launcher else (args.nproc or 1)
     try:
         cfg = load_checked(args.config, args.overrides, world)

@@ -252,7 +252,7 @@ def check_shared_dir(path: str | os.PathLike, what: str = "train.run_dir", timeo
     if me in leaders:
         (marks / str(me)).unlink(missing_ok=True)
     barrier()
-    if me == 0:
+    if me in leaders:  # where nodes see different directories, each removes its own
         with contextlib.suppress(OSError):
             marks.rmdir()
     blind = {r: v for r, v in enumerate(views) if r in leaders and v[2]}

@@ -126,7 +126,8 @@ SLURM_CONF = """\
 ClusterName=pretrain-test
 SlurmctldHost={host}(127.0.0.1)
 AuthType=auth/munge
-AuthInfo=socket={munge_socket}
+# cred_expire is also how long a requeued job waits before it may start again (default 120 s)
+AuthInfo=socket={munge_socket},cred_expire=20
 CredType=cred/munge
 SlurmUser={user}
 SlurmctldPort={ctld_port}
@@ -140,6 +141,7 @@ SlurmdLogFile={dir}/slurmd.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=5,bf_interval=5
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2

@@ -6,7 +6,8 @@
 - ``pretrain data commoncrawl --ray-address auto`` and the same command under ``ray job submit``
   write exactly the bytes of an embedded-Ray run;
 - a pipeline output that the two nodes see differently (the worker raylet has its own mount
-  namespace with a tmpfs there) is refused with a message.
+  namespace with a tmpfs there) is refused with a message;
+- what a failing task prints reaches the driver.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -58,6 +60,19 @@ def _run(cmd: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
     return proc
 
 
+def _submit(cluster, entrypoint: list[str], patience_s: float = 180) -> subprocess.CompletedProcess:
+    """``ray job submit`` and wait for the job. A head still starting answers "No available agent
+    to submit job, please try again later" (no job was created): try again, as it says."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        proc = subprocess.run([str(BIN / "ray"), "job", "submit", f"--address={cluster.dashboard}", "--", *entrypoint],
+                              env=cluster.env, capture_output=True, text=True, timeout=600)
+        if "No available agent to submit job" not in proc.stderr or time.monotonic() > deadline:
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+            return proc
+        time.sleep(2)
+
+
 def test_commoncrawl_on_the_cluster_writes_the_bytes_of_an_embedded_run(ray_cluster, corpus, tmp_path):  # noqa: F811
     env = ray_cluster.env
     _run(_pipeline(tmp_path / "embedded", "--num-cpus", "2"), {k: v for k, v in env.items() if k != "RAY_TMPDIR"},
@@ -67,8 +82,7 @@ def test_commoncrawl_on_the_cluster_writes_the_bytes_of_an_embedded_run(ray_clus
     _run(_pipeline(tmp_path / "auto", "--ray-address", "auto"), env, corpus)
     assert _files(tmp_path / "auto") == reference
     entry = f"cd {corpus} && " + " ".join(_pipeline(tmp_path / "job"))  # RAY_ADDRESS comes from ray job submit
-    job = _run([str(BIN / "ray"), "job", "submit", f"--address={ray_cluster.dashboard}", "--", "bash", "-c", entry],
-               env, corpus)
+    job = _submit(ray_cluster, ["bash", "-c", entry])
     assert "succeeded" in job.stdout + job.stderr
     assert _files(tmp_path / "job") == reference
 
@@ -83,3 +97,37 @@ def test_pipeline_output_the_nodes_see_differently_is_refused(ray_cluster, corpu
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "is not one directory shared by all 2 Ray nodes" in proc.stderr, proc.stderr[-3000:]
     assert not (out / "manifest.json").exists()
+
+
+FAILING_TASK = """
+import io, sys, time
+from data_pipeline.ray_runtime import ray_session
+
+seen = io.StringIO()
+class Tee(io.TextIOBase):  # what reaches the driver's stdout/stderr, kept to look at
+    def __init__(self, out): self.out = out
+    def write(self, s): seen.write(s); return self.out.write(s)
+    def flush(self): self.out.flush()
+sys.stdout, sys.stderr = Tee(sys.stdout), Tee(sys.stderr)
+
+with ray_session("auto") as ray:
+    @ray.remote(max_retries=0)
+    def parse(x):
+        print("worker says: cannot parse record", x, flush=True)
+        raise ValueError("bad record")
+    try:
+        ray.get(parse.remote(7))
+    except Exception as e:
+        print("driver got", type(e).__name__, flush=True)
+    deadline = time.monotonic() + 60
+    while "worker says: cannot parse record 7" not in seen.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    print("FORWARDED" if "worker says" in seen.getvalue() else "NOT FORWARDED", flush=True)
+"""
+
+
+def test_a_failing_tasks_output_reaches_the_driver(ray_cluster):  # noqa: F811
+    proc = subprocess.run([sys.executable, "-c", FAILING_TASK], env=ray_cluster.env, capture_output=True, text=True,
+                          timeout=300)
+    assert "driver got" in proc.stdout, proc.stderr[-3000:]
+    assert "FORWARDED" in proc.stdout.splitlines(), proc.stdout[-2000:] + proc.stderr[-2000:]

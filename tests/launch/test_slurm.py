@@ -38,6 +38,18 @@ def test_hostlists_expand_as_scontrol_does(slurm_cluster):  # noqa: F811
         assert expand_hostlist(hostlist) == want, hostlist
 
 
+def _steps_or_end(cluster, job_id: str, run_dir) -> float:
+    """Steps trained so far; infinity once the job left RUNNING/PENDING (so the wait ends and the
+    assertion after it shows why)."""
+    if cluster.job(job_id)["JobState"] not in ("RUNNING", "PENDING", "CONFIGURING"):
+        return float("inf")
+    return len(losses(run_dir)) if (run_dir / "metrics.jsonl").exists() else 0
+
+
+def _slurm_log(path) -> str:
+    return path.read_text() if path.exists() else f"(no {path})"
+
+
 def test_sbatch_job_saves_on_usr1_requeues_and_resumes(slurm_cluster, reference, tmp_path):  # noqa: F811
     run_dir = tmp_path / "sbatch"
     env = dict(slurm_cluster.env, PRETRAIN_TEST_STEP_SLEEP="0.5")  # sbatch exports it to the tasks
@@ -47,11 +59,13 @@ def test_sbatch_job_saves_on_usr1_requeues_and_resumes(slurm_cluster, reference,
     script = (run_dir / "launch" / "train.sbatch").read_text()
     assert "#SBATCH --signal=USR1@120" in script and "#SBATCH --requeue" in script
     slurm_out = run_dir / "logs" / f"slurm-{job_id}.out"
-    wait_for(lambda: (run_dir / "metrics.jsonl").exists() and len(losses(run_dir)) >= 2, 240, what="2 steps")
+    # generous waits: on a machine shared with other busy processes a start can take minutes
+    wait_for(lambda: _steps_or_end(slurm_cluster, job_id, run_dir) >= 2, 600, what="2 steps")
+    assert slurm_cluster.job(job_id)["JobState"] == "RUNNING", _slurm_log(slurm_out)
     slurm_cluster.run("scancel", "--signal=USR1", job_id)
-    wait_for(lambda: slurm_cluster.job(job_id).get("Restarts", "0") != "0", 120, what="the requeue")
-    job = slurm_cluster.wait_job(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, 300)
-    log = slurm_out.read_text()
+    wait_for(lambda: slurm_cluster.job(job_id).get("Restarts", "0") != "0", 300, what="the requeue")
+    job = slurm_cluster.wait_job(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, 600)
+    log = _slurm_log(slurm_out)
     assert job["JobState"] == "COMPLETED", log[-4000:]
     stopped = int(log.split("[slurm] stopped at step")[1].split()[0])
     assert 2 <= stopped < STEPS, log[-4000:]
