@@ -171,8 +171,14 @@ class SlurmCluster:
         return proc
 
     def job(self, job_id: str) -> dict[str, str]:
-        """``scontrol show job`` as a dict (JobState, Restarts, ExitCode, ...)."""
-        out = self.run("scontrol", "-o", "show", "job", job_id).stdout
+        """``scontrol show job`` as a dict (JobState, Restarts, ExitCode, ...). A busy controller
+        now and then drops a query (SIGPIPE): asked again, a few times."""
+        for attempt in range(5):
+            proc = self.run("scontrol", "-o", "show", "job", job_id, check=attempt == 4)
+            if proc.returncode == 0:
+                break
+            time.sleep(0.5)
+        out = proc.stdout
         fields = {}
         for token in out.split():
             if "=" in token:
