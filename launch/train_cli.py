@@ -1,9 +1,11 @@
 """``pretrain train CONFIG [key.path=value ...] [--nproc N]``.
 
 The config is validated before anything starts (exit 2 on a bad one). Under a launcher
-(deepspeed, torchrun, srun: RANK/WORLD_SIZE set) every rank runs the trainer; with ``--nproc N``
-this process starts and supervises N local ranks (``launch.local``): a failing rank takes the
-whole job down, and SIGTERM/SIGUSR1 reach every rank.
+(deepspeed, torchrun, Ray Train: RANK/WORLD_SIZE set; srun: SLURM_PROCID/SLURM_NTASKS) every rank
+runs the trainer, after checking that all nodes share ``train.run_dir``; with ``--nproc N`` this
+process starts and supervises N local ranks (``launch.local``): a failing rank takes the whole
+job down, SIGTERM/SIGUSR1 reach every rank, and each rank's output also goes to
+``<run_dir>/logs/rank_NNNNN.log``.
 """
 
 from __future__ import annotations
@@ -25,42 +27,68 @@ def add_arguments(p) -> None:
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed
 
 
-def _under_launcher() -> bool:
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
-def _spawn(nproc: int, args) -> int:
+def _spawn(nproc: int, args, run_dir: str) -> int:
     from launch.local import free_port, run_ranks
 
-    return run_ranks(nproc, "launch.train_cli", [args.config, *args.overrides], free_port())
+    return run_ranks(nproc, "launch.train_cli", [args.config, *args.overrides], free_port(),
+                     log_dir=os.path.join(run_dir, "logs"))
+
+
+def load_checked(config: str, overrides: list[str], world: int, run_dir: bool = False):
+    """The resolved config, checked for a job of ``world`` ranks; ``ConfigError`` names what is wrong.
+    ``pretrain launch`` runs the same checks for every world its launcher may start; ``run_dir``:
+    also check (and create) ``train.run_dir`` here -- the ranks' host, not the submitting one."""
+    from pretrain.config import ConfigError, dp_size, load_config
+
+    cfg = load_config(None if config == "default" else config, overrides)
+    if cfg.parallel.world_size is not None and cfg.parallel.world_size != world:
+        raise ConfigError([("parallel.world_size", cfg.parallel.world_size,
+                            f"this job has {world} ranks; set --nproc or the launcher to match")])
+    dp_size(cfg, world)
+    from pretrain.preflight import check_job
+
+    check_job(cfg, world, run_dir=run_dir)  # data, (run dir,) checkpoint: fails here, not in N ranks
+    return cfg
+
+
+def _check_shared_run_dir(cfg) -> None:
+    """Every node of a multi-node job must see the same run dir (collective; all ranks raise together)."""
+    from pretrain import distributed as D
+    from pretrain.config import ConfigError
+
+    D.init_distributed()
+    try:
+        D.check_shared_dir(cfg.train.run_dir, "train.run_dir")
+    except D.SharedStorageError as e:
+        D.shutdown()  # every rank got the same verdict: leave together, not with live gloo groups
+        raise ConfigError([("train.run_dir", cfg.train.run_dir, str(e))]) from None
 
 
 def run(args) -> int:
     from pretrain import signals
 
     signals.install()  # before the heavy imports: a SIGTERM while a rank starts is honoured, not fatal
-    from pretrain.config import ConfigError, dp_size, load_config
+    from pretrain.config import ConfigError
+    from pretrain.distributed import launcher_world
 
+    launcher = launcher_world()
+    if launcher and launcher.world_size == 1 and args.nproc:
+        launcher = None  # `pretrain train --nproc N` in a one-task SLURM step (srun --pty bash): start N ranks
+    world = launcher.world_size if launcher else (args.nproc or 1)
     try:
         if args.nproc is not None and args.nproc < 1:
             raise ConfigError([("--nproc", args.nproc, "must be at least 1")])
-        cfg = load_config(None if args.config == "default" else args.config, args.overrides)
-        world = int(os.environ["WORLD_SIZE"]) if _under_launcher() else (args.nproc or 1)
-        if cfg.parallel.world_size is not None and cfg.parallel.world_size != world:
-            raise ConfigError([("parallel.world_size", cfg.parallel.world_size,
-                                f"this job has {world} ranks; set --nproc or the launcher to match")])
-        dp_size(cfg, world)
-        from pretrain.preflight import check_job
-
-        check_job(cfg, world)  # data, run dir, checkpoint: fails here, not in N ranks
+        cfg = load_checked(args.config, args.overrides, world, run_dir=True)
+        if launcher and world > 1:
+            _check_shared_run_dir(cfg)
     except ConfigError as e:
         print(f"pretrain: {e}", file=sys.stderr)
         return EXIT_CONFIG
     if signals.requested() is not None:
         print("pretrain: stop signal received before any rank started; exiting", file=sys.stderr)
         return 0
-    if not _under_launcher() and world > 1:
-        return _spawn(world, args)
+    if not launcher and world > 1:
+        return _spawn(world, args, cfg.train.run_dir)
     from pretrain.checkpoint import CheckpointError
     from pretrain.trainer import NonFiniteStop, train
 

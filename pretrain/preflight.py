@@ -19,11 +19,13 @@ from pathlib import Path
 from pretrain.config import Config, ConfigError
 
 
-def check_job(cfg: Config, world: int) -> Path | None:
+def check_job(cfg: Config, world: int, run_dir: bool = True) -> Path | None:
     """Raise ``ConfigError`` naming the first field that cannot work; return the checkpoint to
-    continue from (None: a fresh start)."""
+    continue from (None: a fresh start). ``run_dir=False``: leave the run dir alone (``pretrain
+    launch`` on a submit host; the ranks check it where they run)."""
     check_data(cfg)
-    check_run_dir(cfg)
+    if run_dir:
+        check_run_dir(cfg)
     if not cfg.checkpoint.resume:
         return None
     from pretrain.checkpoint import CheckpointError, preflight

@@ -159,7 +159,8 @@ class Tracker(NullTracker):
 
     def __init__(self, uri: str | None = None, experiment: str = "pretrain", run_name: str | None = None,
                  tags: dict[str, str] | None = None, system_metrics: bool = False, max_buffer: int = 100_000,
-                 retry_interval: float = 1.0, max_retry_interval: float = 30.0, history_filter: str = "loss"):
+                 retry_interval: float = 1.0, max_retry_interval: float = 30.0, history_filter: str = "loss",
+                 node_id: str | None = None):
         self.uri = resolve_uri(uri)
         if self.uri.startswith(("http://", "https://")):
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -168,6 +169,7 @@ class Tracker(NullTracker):
         self.system_metrics, self.max_buffer = system_metrics, max_buffer
         self.retry_interval, self.max_retry_interval = retry_interval, max_retry_interval
         self.history_filter = history_filter
+        self.node_id = node_id  # multi-node runs: system metrics as system/<node_id>/...
         self.history: dict[str, list[tuple[int, float]]] = {}
         self.run_id: str | None = None
         self.replaced_run_id: str | None = None  # a resumed run that no longer existed
@@ -492,7 +494,8 @@ class Tracker(NullTracker):
         try:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-            self._monitor = SystemMetricsMonitor(self.run_id, resume_logging=resumed, tracking_uri=self.uri)
+            self._monitor = SystemMetricsMonitor(self.run_id, resume_logging=resumed, tracking_uri=self.uri,
+                                                 node_id=self.node_id)
             self._monitor.start()
         except Exception as e:  # optional extra; never fatal
             log.warning("system metrics unavailable: %s", _short(e))
@@ -518,14 +521,48 @@ def _short(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def tracker_from_config(cfg: Config) -> Tracker:
+def tracker_from_config(cfg: Config, node_id: str | None = None) -> Tracker:
     t = cfg.tracking
     return Tracker(uri=t.uri, experiment=t.experiment, run_name=t.run_name, tags=t.tags,
-                   system_metrics=t.system_metrics)
+                   system_metrics=t.system_metrics, node_id=node_id)
 
 
-def make_tracker(cfg: Config, rank: int) -> NullTracker:
+def make_tracker(cfg: Config, rank: int, node_id: str | None = None) -> NullTracker:
     """A real ``Tracker`` on global rank 0 with tracking enabled, else a ``NullTracker``."""
     if rank != 0 or not cfg.tracking.enabled:
         return NullTracker()
-    return tracker_from_config(cfg)
+    return tracker_from_config(cfg, node_id)
+
+
+class NodeSystemMetrics(NullTracker):
+    """The tracker of the first rank of every node but rank 0's, in a multi-node run: MLflow's
+    system-metrics monitor samples this machine (CPU, memory, disk, network, GPUs) into rank 0's
+    run as ``system/<node_id>/...``, and the run gets the tag ``system_metrics.<node_id>`` = host,
+    so a slow or hot node shows. Everything else is a no-op; MLflow trouble is never fatal."""
+
+    def __init__(self, cfg: Config, run_id: str, node_id: str):
+        import socket
+
+        self.node_id, self._monitor = node_id, None
+        uri = resolve_uri(cfg.tracking.uri)
+        if uri.startswith(("http://", "https://")):  # one attempt never blocks for long (as Tracker)
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient(uri).set_tag(run_id, f"system_metrics.{node_id}", socket.gethostname())
+            self._monitor = SystemMetricsMonitor(run_id, resume_logging=True, node_id=node_id, tracking_uri=uri)
+            self._monitor.start()
+        except Exception as e:
+            log.warning("system metrics of %s unavailable: %s", node_id, _short(e))
+            self._monitor = None
+
+    def end(self, status: str = "FINISHED", timeout: float = 10.0) -> None:
+        if self._monitor is not None:
+            try:
+                self._monitor.finish()
+            except Exception as e:
+                log.warning("stopping system metrics of %s failed: %s", self.node_id, _short(e))
+            self._monitor = None

@@ -268,11 +268,19 @@ def build_setup(cfg: Config) -> Setup:
 
 
 def _tracker(cfg: Config, run_id: str | None):
-    """Rank 0's MLflow tracker (a no-op elsewhere or when disabled), started or reopened."""
-    from pretrain.tracking import make_tracker
+    """Rank 0's MLflow tracker (a no-op elsewhere or when disabled), started or reopened. On more
+    than one node, the first rank of each other node samples its machine's system metrics into
+    the same run (``system/node<i>/...``; node i = i-th node in rank order)."""
+    from pretrain.tracking import NodeSystemMetrics, make_tracker
 
-    tracker = make_tracker(cfg, D.rank())
+    leaders = D.node_leaders()
+    node_id = f"node{leaders.index(D.rank())}" if len(leaders) > 1 and D.rank() in leaders else None
+    tracker = make_tracker(cfg, D.rank(), node_id=node_id)
     tracker.start(cfg, run_id=run_id)
+    if len(leaders) > 1 and cfg.tracking.enabled and cfg.tracking.system_metrics:
+        run_id = D.broadcast_object(tracker.run_id)
+        if node_id and D.rank() != 0 and run_id:
+            return NodeSystemMetrics(cfg, run_id, node_id)
     return tracker
 
 

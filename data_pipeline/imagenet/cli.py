@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from data_pipeline.imagenet.pipeline import BuildConfig, InputsFailed, OutputError, build
     from data_pipeline.imagenet.process import DEFAULT_MAX_PIXELS
     from data_pipeline.imagenet.sources import InputError
+    from data_pipeline.ray_runtime import SharedStorageError
 
     if args.num_cpus is not None and args.num_cpus < 1:
         print(f"pretrain data imagenet: error: --num-cpus {args.num_cpus}: must be at least 1", file=sys.stderr)
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         manifest = build(cfg)
-    except InputError as e:
+    except (InputError, SharedStorageError) as e:
         print(f"pretrain data imagenet: error: {e}", file=sys.stderr)
         return 2
     except (InputsFailed, OutputError) as e:

@@ -237,7 +237,7 @@ def build(cfg: BuildConfig) -> dict:
     from data_pipeline.ray_runtime import ray_session
 
     split_results = {}
-    with ray_session(cfg.ray_address, cfg.num_cpus) as ray:
+    with ray_session(cfg.ray_address, cfg.num_cpus, shared_dir=cfg.out) as ray:
         for split in cfg.splits:
             items, unlabeled = labelled[split]
             plan = plan_shards(items, split, cfg.seed, cfg.shard_size)

@@ -319,7 +319,8 @@ def run_pipeline(inputs: list[InputFile], out_dir: str, opts: TextOptions, ray_a
     from data_pipeline.text import complete
 
     runner = Runner(inputs, str(out_dir), opts, progress, retries, dedup_partitions, work_dir)
-    with ray_session(ray_address, num_cpus) as ray:
+    shared = None if storage.is_remote(runner.out) else runner.out  # every node must see a local --out
+    with ray_session(ray_address, num_cpus, shared_dir=shared) as ray:
         runner.ray = ray
         done = complete.finished_manifest(runner)
         if done is not None:
