@@ -1,6 +1,6 @@
 """Training throughput: our DeepSpeed engine vs a plain PyTorch loop of the same model, in one run.
 
-    python bench/train_throughput.py                      # CPU: debug GPT/BERT/ViT + a small GPT, fp32
+    python bench/train_throughput.py                      # CPU: debug and small GPT/Llama/BERT/ViT, fp32
     python bench/train_throughput.py --gpu                # GPU: GPT-2 124M/355M and Llama 1.3B, bf16, MFU
     python bench/train_throughput.py --gpu --variants eager,compiled --no-plain   # + train.compile
 
@@ -43,6 +43,13 @@ CPU_CASES = [
     ("vit-debug", "configs/vit/debug.yaml", []),
     ("gpt-small", "configs/gpt/debug.yaml", ["model.hidden_size=256", "model.num_layers=4", "model.num_heads=4",
                                              "model.vocab_size=8192", "data.seq_len=128"]),
+    ("llama-small", "configs/gpt/debug-llama.yaml", ["model.hidden_size=256", "model.num_layers=4", "model.num_heads=8",
+                                                     "model.num_kv_heads=4", "model.ffn_hidden_size=768",
+                                                     "model.vocab_size=8192", "data.seq_len=128"]),
+    ("bert-small", "configs/bert/debug.yaml", ["model.hidden_size=256", "model.num_layers=4", "model.num_heads=4",
+                                               "model.vocab_size=8192", "data.seq_len=128"]),
+    ("vit-small", "configs/vit/debug.yaml", ["model.hidden_size=256", "model.num_layers=4", "model.num_heads=4",
+                                             "model.image_size=64", "model.num_classes=100"]),
 ]
 GPU_CASES = [
     ("gpt2-124m", "configs/gpt/gpt2-124m.yaml", ["train.micro_batch_size=16", "data.seq_len=1024"]),

@@ -1,6 +1,6 @@
 """``bench/gpu_check.sh --cpu-smoke``: the prepared GPU check runs every check end to end on CPU,
 tiny, so the script cannot rot before a GPU runs it. Its fp16 check is also the test of issue 16's
-item 7: DeepSpeed's real fp16 loss scaler skips steps while the scale falls from 2^24, and the run
+item 7: DeepSpeed's real fp16 loss scaler skips steps while the scale falls from 2^21, and the run
 must not stop itself (train.max_nonfinite_in_row=3; before the fix it stopped at step 3, exit 3)."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def test_gpu_check_cpu_smoke_runs_every_check(tmp_path):
     assert not failed and proc.returncode == 0, (json.dumps(failed, indent=1)[-4000:], proc.stdout[-2000:])
     assert checks["versions"]["torch"] and checks["sdpa_kernel"]["kernels"]["gpt-debug"] == "flash-cpu"
     assert checks["zero_resume"]["stages"]["3"]["resumed_at_step"] == 4  # a real resume, from the step-3 checkpoint
-    assert len(checks["fp16"]["skipped_steps"]) > 3 and checks["fp16"]["final_loss"] is not None
+    assert len(checks["fp16"]["skipped_steps"]) > 3 and checks["fp16"]["final_loss"] is not None  # > max_nonfinite_in_row
     row = checks["throughput"]["models"]["gpt-debug"]
     assert row["mfu_6n_12lht_deepspeed_compiled"] > row["mfu_causal_exact_deepspeed_compiled"] > 0
     mfu = checks["train_mfu"]["models"]["gpt-debug_compiled"]
