@@ -72,13 +72,18 @@ def _sync():
     get_accelerator().synchronize()
 
 
+_CPU_SECONDS: dict[int, list[float]] = {}  # id(step_fn) -> process CPU seconds per step of each block
+
+
 def _block(step_fn, steps: int) -> float:
-    """Seconds per step over ``steps`` back-to-back steps."""
+    """Seconds per step over ``steps`` back-to-back steps (wall clock; the process CPU time per
+    step is kept too: on a shared CPU machine with one torch thread it is the steadier figure)."""
     _sync()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step_fn()
     _sync()
+    _CPU_SECONDS.setdefault(id(step_fn), []).append((time.process_time() - c0) / steps)
     return (time.perf_counter() - t0) / steps
 
 
@@ -141,8 +146,9 @@ def _peak_gib() -> float | None:
     return None if acc.device_name() == "cpu" else acc.max_memory_allocated() / 2**30
 
 
-def _measure(builders: dict, args) -> dict[str, tuple[list[float], float | None]]:
-    """name -> (seconds per step of each timed block, peak GiB). Default: every side built at once,
+def _measure(builders: dict, args) -> dict[str, tuple[list[float], float | None, list[float]]]:
+    """name -> (seconds per step of each timed block, peak GiB, CPU seconds per step of each
+    block). Default: every side built at once,
     warmed up, then ``--rounds`` alternating blocks (the same machine load hits all sides);
     ``--sequential``: one side at a time, freed before the next is built (GPU memory)."""
     out = {}
@@ -152,7 +158,7 @@ def _measure(builders: dict, args) -> dict[str, tuple[list[float], float | None]
             step = build()
             for _ in range(args.warmup):
                 step()
-            out[name] = ([_block(step, args.steps) for _ in range(args.rounds)], _peak_gib())
+            out[name] = ([_block(step, args.steps) for _ in range(args.rounds)], _peak_gib(), _CPU_SECONDS[id(step)])
             del step
         return out
     _free()
@@ -164,7 +170,7 @@ def _measure(builders: dict, args) -> dict[str, tuple[list[float], float | None]
     for _ in range(args.rounds):
         for name, step in steps.items():
             blocks[name].append(_block(step, args.steps))
-    return {name: (b, _peak_gib()) for name, b in blocks.items()}
+    return {name: (b, _peak_gib(), _CPU_SECONDS[id(steps[name])]) for name, b in blocks.items()}
 
 
 def bench_case(name: str, path: str, overrides: list[str], args) -> dict:
@@ -201,10 +207,10 @@ def bench_case(name: str, path: str, overrides: list[str], args) -> dict:
     unit = "images" if cfg.model.family == "vit" else "tokens"
     out.update({"family": cfg.model.family, f"{unit}_per_step": items, "flops_per_item": flops_exact,
                 "flops_per_item_6n_12lht": flops_6n})
-    for side, (blocks, peak_mem) in measured.items():
+    for side, (blocks, peak_mem, cpu) in measured.items():
         best = min(blocks)
         out.update({f"{side}_block_ms": [x * 1e3 for x in blocks], f"{side}_step_ms": best * 1e3,
-                    f"{side}_{unit}_per_s": items / best})
+                    f"{side}_{unit}_per_s": items / best, f"{side}_cpu_ms": min(cpu) * 1e3})
         if peak_mem is not None and args.sequential:
             out[f"{side}_peak_gib"] = peak_mem
         if peak:
@@ -214,6 +220,7 @@ def bench_case(name: str, path: str, overrides: list[str], args) -> dict:
         out["deepspeed_overhead"] = out["deepspeed_step_ms"] / out["plain_step_ms"] - 1.0
     if "deepspeed" in measured and "deepspeed_compiled" in measured:
         out["compiled_speedup"] = out["deepspeed_step_ms"] / out["deepspeed_compiled_step_ms"]
+        out["compiled_speedup_cpu"] = out["deepspeed_cpu_ms"] / out["deepspeed_compiled_cpu_ms"]
     return out
 
 
@@ -227,7 +234,8 @@ def _summary(r: dict) -> str:
                          + (f" (MFU {mfu * 100:.1f}% 6N+12LHT, {r[f'mfu_causal_exact_{side}'] * 100:.1f}% causal exact)"
                             if mfu is not None else ""))
     extra = f", DeepSpeed overhead {r['deepspeed_overhead'] * 100:+.1f}%" if "deepspeed_overhead" in r else ""
-    extra += f", compiled {r['compiled_speedup']:.2f}x" if "compiled_speedup" in r else ""
+    extra += (f", compiled {r['compiled_speedup']:.2f}x (CPU time {r['compiled_speedup_cpu']:.2f}x)"
+              if "compiled_speedup" in r else "")
     return f"{r['model']}: " + " | ".join(parts) + extra
 
 
@@ -243,8 +251,11 @@ def main(argv=None) -> int:
     p.add_argument("--no-plain", dest="plain", action="store_false", help="skip the plain PyTorch loop")
     p.add_argument("--sequential", action="store_true",
                    help="build, time and free one side at a time instead of alternating (less GPU memory)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--out", default=None, help="also write the JSON list here")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.precision = args.precision or ("bf16" if args.gpu else "fp32")
     args.steps = args.steps or (20 if args.gpu else 10)
     args.variants = [v for v in args.variants.split(",") if v]
