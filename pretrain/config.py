@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -192,6 +192,10 @@ class TrainConfig(Section):
     # a rank that makes no progress (step, eval batch, checkpoint file) for this long ends the job,
     # named, instead of the others waiting out the process group's 30-minute timeout; 0 = off
     hang_timeout_s: float = Field(600.0, ge=0)
+    compile: bool = False  # torch.compile each transformer block (inductor); the loss and optimizer stay eager
+    # deterministic kernels (torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG): bit-exact
+    # reruns and resume checks on GPUs, at some speed; docs/OPERATIONS.md says what stays inexact
+    deterministic: bool = False
 
 
 class ParallelConfig(Section):
@@ -200,13 +204,39 @@ class ParallelConfig(Section):
     offload_optimizer: bool = False
     offload_params: bool = False
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    activation_checkpointing: bool = False
+    # recompute in backward instead of storing: "none", "full" (every block), "attention" (the
+    # attention half of every block), or N (every N-th block: 0, N, 2N, ...); true/false = full/none.
+    # `pretrain config show --memory` estimates what each choice needs per rank.
+    activation_checkpointing: Literal["none", "full", "attention"] | int = "none"
+    # gradient accumulation dtype: "auto" = fp32 when precision is bf16 and a step accumulates more
+    # than one micro-batch at ZeRO 1-3 (DeepSpeed cannot at ZeRO 0), else the parameters' dtype
+    grad_accum_dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     world_size: int | None = Field(None, ge=1)  # expected ranks; None = taken from the launcher
+
+    @field_validator("activation_checkpointing", mode="before")
+    @classmethod
+    def _checkpointing_words(cls, v):
+        if isinstance(v, bool):
+            return "full" if v else "none"
+        if isinstance(v, str) and v.isdigit():
+            v = int(v)
+        if v == 1:
+            return "full"
+        if not (v in ("none", "full", "attention") or (isinstance(v, int) and v >= 2)):
+            _fail("parallel.activation_checkpointing", v,
+                  "allowed: none, full, attention, or N >= 1 (every N-th block); true/false mean full/none")
+        return v
 
     @model_validator(mode="after")
     def _check(self):
         if self.zero_stage not in (0, 1, 2, 3):
             _fail("parallel.zero_stage", self.zero_stage, "allowed: 0, 1, 2, 3")
+        if self.grad_accum_dtype in ("bf16", "fp16") and self.grad_accum_dtype != self.precision:
+            _fail("parallel.grad_accum_dtype", self.grad_accum_dtype,
+                  f"allowed: auto, fp32, or the training precision ({self.precision})")
+        if self.grad_accum_dtype == "fp32" and self.zero_stage == 0 and self.precision != "fp32":
+            _fail("parallel.grad_accum_dtype", "fp32", f"DeepSpeed accumulates {self.precision} gradients in fp32 "
+                  "only at ZeRO 1-3; set parallel.zero_stage=1 (the same memory on one data-parallel rank)")
         if self.offload_params and self.zero_stage != 3:
             _fail("parallel.offload_params", True, f"parameter offload needs parallel.zero_stage=3 (have {self.zero_stage})")
         if self.offload_optimizer and self.zero_stage == 0:
@@ -286,6 +316,11 @@ def _check_deepspeed_passthrough(cfg: Config) -> None:
     bf16 = raw.get("bf16", {}).get("enabled", cfg.parallel.precision == "bf16")
     if fp16 and bf16:
         _fail("deepspeed.bf16.enabled", True, "bf16 and fp16 are exclusive; choose one with parallel.precision")
+    types = raw.get("data_types", {})
+    if (isinstance(types, dict) and types.get("grad_accum_dtype") in ("fp32", "float32") and (fp16 or bf16)
+            and cfg.parallel.zero_stage == 0):
+        _fail("deepspeed.data_types.grad_accum_dtype", types["grad_accum_dtype"],
+              "DeepSpeed accumulates 16-bit gradients in fp32 only at ZeRO 1-3; set parallel.zero_stage=1")
     zero = raw.get("zero_optimization", {})
     if isinstance(zero, dict) and "stage" in zero and zero["stage"] != cfg.parallel.zero_stage:
         _fail("deepspeed.zero_optimization.stage", zero["stage"],
@@ -511,6 +546,24 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def resolved_grad_accum_dtype(cfg: Config, world_size: int) -> str:
+    """The dtype gradients accumulate (and ZeRO reduces them) in: ``parallel.grad_accum_dtype``, or
+    for "auto" fp32 when bf16 steps accumulate several micro-batches at ZeRO 1-3 (bf16 sums of many
+    small gradients lose their low bits), else the parameters' dtype."""
+    p = cfg.parallel
+    if p.grad_accum_dtype != "auto":
+        return p.grad_accum_dtype
+    accumulates = cfg.train.batch_rampup is not None or grad_accum_steps(cfg, dp_size(cfg, world_size)) > 1
+    return "fp32" if p.precision == "bf16" and accumulates and p.zero_stage >= 1 else p.precision
+
+
+def comm_bucket_elements(dp: int) -> int:
+    """Elements per gradient-reduce / parameter-gather bucket: Megatron's max(40M, 1M x data-parallel
+    size). DeepSpeed's default (5e8) puts a whole model below ~1B parameters into one bucket, so the
+    reduction cannot start before the backward pass ends."""
+    return max(40_000_000, 1_000_000 * dp)
+
+
 def deepspeed_config(cfg: Config, world_size: int) -> dict:
     """The DeepSpeed JSON for ``world_size`` ranks. The optimizer and scheduler are built by us, so
     only batch, precision, ZeRO, clipping and logging keys are set here; ``cfg.deepspeed`` wins."""
@@ -532,17 +585,24 @@ def deepspeed_config(cfg: Config, world_size: int) -> dict:
     if p.precision == "fp16":
         ds["fp16"].update({"loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
                            "hysteresis": 2, "min_loss_scale": 1})
+    accum_dtype = resolved_grad_accum_dtype(cfg, world_size)
+    if accum_dtype != p.precision:
+        ds["data_types"] = {"grad_accum_dtype": accum_dtype}
     zero = ds["zero_optimization"]
     if p.zero_stage >= 1:
-        zero.update({"reduce_bucket_size": 5e8, "contiguous_gradients": True, "overlap_comm": False})
-    if p.zero_stage >= 2:
-        zero["allgather_bucket_size"] = 5e8
+        # gradients are reduced bucket by bucket while the backward pass still runs (overlap_comm)
+        bucket = comm_bucket_elements(dp)
+        zero.update({"reduce_bucket_size": bucket, "allgather_bucket_size": bucket, "contiguous_gradients": True,
+                     "overlap_comm": True})
     if p.zero_stage == 3:
-        zero.update({"stage3_gather_16bit_weights_on_model_save": False, "stage3_param_persistence_threshold": 0})
-    if p.offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+        # parameters below 10 x hidden (norms, biases) stay gathered instead of being fetched in every
+        # pass (the Hugging Face integration's rule; 0 fetched each of them every time)
+        zero.update({"stage3_gather_16bit_weights_on_model_save": False,
+                     "stage3_param_persistence_threshold": 10 * cfg.model.hidden_size})
+    if p.offload_optimizer:  # page-locked host buffers: asynchronous copies on GPUs (a no-op on CPU)
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     if p.offload_params:
-        zero["offload_param"] = {"device": "cpu", "pin_memory": False}
-    if p.activation_checkpointing:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    if p.activation_checkpointing != "none":
         ds["activation_checkpointing"] = {"partition_activations": False, "contiguous_memory_optimization": False}
     return _merge(ds, cfg.deepspeed)

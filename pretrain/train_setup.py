@@ -4,7 +4,6 @@ DeepSpeed engine, loaders, tracker, and the state restored from a checkpoint."""
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +14,8 @@ from torch import nn
 from pretrain import checkpoint as C
 from pretrain import distributed as D
 from pretrain import faults
-from pretrain.config import Config, deepspeed_config, global_batch, layout, to_yaml
+from pretrain.config import Config, deepspeed_config, global_batch, layout, resolved_grad_accum_dtype, to_yaml
+from pretrain.devices import peak_description, peak_flops_per_rank, use_deterministic_algorithms
 
 
 class LossModule(nn.Module):
@@ -112,6 +112,19 @@ def to_device(batch: dict, device, float_dtype) -> dict:
     return out
 
 
+def loss_scale_can_fall(engine) -> bool:
+    """Whether a skipped step was fp16 dynamic loss scaling at work: the scale is dynamic and still
+    above its minimum (DeepSpeed skips the step and halves the scale; routine in the first steps,
+    not a sign of divergence). False for bf16/fp32 and at the minimum scale."""
+    opt = engine.optimizer
+    for holder in (getattr(opt, "loss_scaler", None), getattr(opt, "loss_scale_config", None)):
+        cur = getattr(holder, "cur_scale", None)
+        if cur is not None and (getattr(holder, "dynamic", False) or getattr(holder, "dynamic_loss_scale", False)):
+            floor = getattr(holder, "min_scale", None) or getattr(holder, "min_loss_scale", None) or 1.0
+            return float(cur) > float(floor)
+    return False
+
+
 @dataclass
 class Setup:
     cfg: Config
@@ -128,8 +141,9 @@ class Setup:
     device: torch.device
     float_dtype: torch.dtype
     items_per_step: int
-    flops_per_item: float
+    flops_per_item: float  # pretrain.models.flops, causal attention counted exactly
     peak_flops: float
+    flops_per_item_anchor: float = 0.0  # 6N + 12 L H T per token, as nanoGPT/PaLM/Megatron count
     start_step: int = 0
     resume_dir: Path | None = None  # the checkpoint this job continued from
     tokens_seen: int = 0
@@ -146,22 +160,6 @@ class Setup:
         return psutil.Process().memory_info().rss / 2**30
 
 
-# Dense bf16 peak per device, for MFU. Override with PRETRAIN_PEAK_FLOPS (FLOP/s per rank).
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 125e12, "L4": 121e12, "V100": 125e12}
-
-
-def peak_flops_per_rank() -> float:
-    if os.environ.get("PRETRAIN_PEAK_FLOPS"):
-        return float(os.environ["PRETRAIN_PEAK_FLOPS"])
-    from deepspeed.accelerator import get_accelerator
-
-    acc = get_accelerator()
-    if acc.device_name() == "cpu":
-        return 0.0
-    name = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
-    return next((v for k, v in PEAK_BF16.items() if k in name), 0.0)
-
-
 def _items_and_flops(cfg: Config, dp: int) -> tuple[int, float]:
     from pretrain.models import flops
 
@@ -172,12 +170,29 @@ def _items_and_flops(cfg: Config, dp: int) -> tuple[int, float]:
     return batch * cfg.data.seq_len, flops.flops_per_token(cfg.model, cfg.data.seq_len, head_fraction)
 
 
+def anchor_flops_per_item(cfg: Config) -> float:
+    """Training FLOPs per token (image) as the published MFU figures count them: ``6 N + 12 L H T``."""
+    from pretrain.models import flops
+
+    if cfg.model.family == "vit":
+        return flops.flops_per_image(cfg.model, cfg.data.image_size)
+    head_fraction = cfg.data.mlm_probability if cfg.model.family == "bert" else 1.0
+    return flops.anchor_flops_per_token(cfg.model, cfg.data.seq_len, head_fraction)
+
+
 def _build_model(cfg: Config, mpu) -> nn.Module:
     from pretrain.parallel import build_parallel_model
 
     model = build_parallel_model(cfg.model, mpu, device=D.device(), seed=cfg.train.seed)
-    if cfg.parallel.activation_checkpointing:
-        model.set_activation_checkpointing(True)
+    model.set_activation_checkpointing(cfg.parallel.activation_checkpointing)
+    if cfg.train.compile:
+        if cfg.parallel.zero_stage == 3:  # gather a block's parameters in the block's own (eager) hook:
+            from deepspeed.utils import set_z3_leaf_modules  # no DeepSpeed hooks inside the compiled code
+
+            from pretrain.models.core import Block
+
+            set_z3_leaf_modules(model, [Block])
+        model.compile_blocks()
     return model
 
 
@@ -198,8 +213,10 @@ def build_setup(cfg: Config) -> Setup:
 
     from pretrain.data import build_loader, data_info
     from pretrain.parallel import init_topology
+    from pretrain.prefetch import Prefetcher
     from pretrain.schedules import build_scheduler, param_groups
 
+    use_deterministic_algorithms(cfg.train.deterministic)
     world = D.world_size()
     mpu = init_topology(cfg.parallel.tensor_size)
     dp, dp_rank = mpu.get_data_parallel_world_size(), mpu.get_data_parallel_rank()
@@ -247,10 +264,12 @@ def build_setup(cfg: Config) -> Setup:
     float_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     fork = cfg.checkpoint.fork and resume_dir is not None
     tracker = _tracker(cfg, None if fork else state.get("mlflow_run_id"))
-    setup = Setup(cfg=cfg, mpu=mpu, model=model, engine=engine, train_loader=loader, train_iter=iter(loader),
+    batches = Prefetcher(loader, pin=D.device().type == "cuda")
+    setup = Setup(cfg=cfg, mpu=mpu, model=model, engine=engine, train_loader=batches, train_iter=batches,
                   tracker=tracker, data_info=info, dp_size=dp, dp_rank=dp_rank, family=cfg.model.family,
                   device=D.device(), float_dtype=float_dtype, items_per_step=items, flops_per_item=flops_per_item,
-                  peak_flops=peak_flops_per_rank() * world, start_step=state.get("step", 0), resume_dir=resume_dir,
+                  peak_flops=peak_flops_per_rank() * world, flops_per_item_anchor=anchor_flops_per_item(cfg),
+                  start_step=state.get("step", 0), resume_dir=resume_dir,
                   tokens_seen=state.get("tokens_seen", 0), skipped_before=engine.skipped_steps,
                   last_logged=state.get("step", 0))
     if resume_dir is None or fork or tracker.replaced_run_id:  # fresh, forked, or the checkpoint's MLflow run is gone
@@ -261,7 +280,10 @@ def build_setup(cfg: Config) -> Setup:
         # a resume on another layout: the run's layout tags follow, and say from which step
         tracker.set_tags({**layout(cfg, world), "layout_changed_at_step": setup.start_step})
     D.print0(f"[pretrain] {cfg.model.family} | world {world} = data {dp} x tensor {cfg.parallel.tensor_size} | "
-             f"ZeRO {cfg.parallel.zero_stage} | {precision} | global batch {global_batch(cfg, dp)} | "
+             f"ZeRO {cfg.parallel.zero_stage} | {precision} (gradients accumulate in "
+             f"{resolved_grad_accum_dtype(cfg, world)}) | global batch {global_batch(cfg, dp)} | "
+             f"{'compiled blocks | ' if cfg.train.compile else ''}{'deterministic | ' if cfg.train.deterministic else ''}"
+             f"{peak_description()} | "
              + (f"{'forked' if fork else 'resumed'} from {resume_dir} at step {setup.start_step}" if resume_dir
                 else "fresh start"))
     return setup

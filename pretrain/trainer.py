@@ -33,7 +33,7 @@ from pretrain.config import (
     layout,
     to_yaml,
 )
-from pretrain.train_setup import Setup, build_setup, grad_norm, to_device
+from pretrain.train_setup import Setup, build_setup, grad_norm, loss_scale_can_fall, to_device
 from pretrain.watchdog import Watchdog, default_store
 
 
@@ -116,7 +116,7 @@ class Trainer:
             dog.mark(step, "data")
             faults.at("step", step)
             accum = self._accumulation(ramp, per_sample)
-            loss_sum = self._micro_batches(step, accum, ramp, step in nan_steps)
+            loss_sum = self._micro_batches(step, accum, ramp, per_sample, step in nan_steps)
             s.tokens_seen += accum * cfg.train.micro_batch_size * s.dp_size * per_sample
             if _STEP_SLEEP:
                 time.sleep(_STEP_SLEEP)  # test hook: lets a test signal or kill a job mid-run
@@ -124,18 +124,22 @@ class Trainer:
             s.skipped_before = s.engine.skipped_steps
             # one small all-reduce: mean loss over data-parallel ranks, and any rank's stop signal (on
             # the compute device: NCCL reduces no CPU tensors)
-            stats = torch.tensor([loss_sum / accum, 1.0 if signals.requested() else 0.0], dtype=torch.float64,
-                                 device=s.device)
+            stop_flag = torch.tensor([1.0 if signals.requested() else 0.0], dtype=torch.float64, device=s.device)
+            stats = torch.cat([(loss_sum / accum).reshape(1), stop_flag])
             dog.mark(step, "all-reduce")
             work = dist.all_reduce(stats, async_op=True) if D.world_size() > 1 else None
             faults.at("collective", step)  # drills: a rank lost while the collective is in flight
             if work is not None:
                 work.wait()
-            loss_mean = stats[0].item() / D.world_size()
-            stop_requested = stats[1].item() > 0
+            loss_total, stop_total = stats.tolist()  # the step's one host sync
+            loss_mean = loss_total / D.world_size()
+            stop_requested = stop_total > 0
             self._record(step, loss_mean, skipped)
             if skipped or not math.isfinite(loss_mean):
-                nonfinite_in_row += 1
+                # an fp16 overflow skip while the loss scale can still fall is loss scaling settling, not
+                # divergence: only non-finite losses and skips at the minimum scale count towards the stop
+                if not math.isfinite(loss_mean) or not loss_scale_can_fall(s.engine):
+                    nonfinite_in_row += 1
                 self.result.skipped_steps += 1
                 s.tracker.log_metrics({"train/skipped_steps": self.result.skipped_steps}, step)
             else:
@@ -147,7 +151,9 @@ class Trainer:
                 t_last, tokens_last, s.last_logged = now, s.tokens_seen, step
             if cfg.train.eval_every and step % cfg.train.eval_every == 0:
                 dog.mark(step, "eval")
+                paused = time.perf_counter()
                 self.result.eval[step] = self.evaluate(step)
+                t_last += time.perf_counter() - paused  # the throughput window counts training only
             if nonfinite_in_row >= cfg.train.max_nonfinite_in_row:
                 self._save(step)
                 self.result.stopped_by = "nonfinite"
@@ -160,16 +166,19 @@ class Trainer:
                 D.print0(f"[pretrain] stop signal received: checkpoint saved at step {step}, exiting cleanly")
                 break
             if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.train.steps:
+                paused = time.perf_counter()
                 self._save(step)
+                t_last += time.perf_counter() - paused
         self.result.final_step = step
         if self.result.stopped_by == "finished" and step > s.start_step:
             self._save(step)
         return self.result
 
-    def _micro_batches(self, step: int, accum: int, ramp: bool, nan: bool) -> float:
-        """Forward, backward and DeepSpeed's step for each of the step's micro-batches; their loss sum."""
+    def _micro_batches(self, step: int, accum: int, ramp: bool, per_sample: int, nan: bool) -> torch.Tensor:
+        """Forward, backward and DeepSpeed's step for each of the step's micro-batches; their loss sum,
+        on the device (no host sync per micro-batch)."""
         s, dog = self.s, self.watchdog
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=s.device)
         batches = [next(s.train_iter) for _ in range(accum)]
         for i, (batch, weight) in enumerate(zip(batches, self._label_weights(batches, accum))):
             if ramp:  # the boundary from this step's own count, not DeepSpeed's running micro-step count
@@ -184,10 +193,21 @@ class Trainer:
                 loss = _BackwardFault.apply(loss, step)
             dog.mark(step, "backward")
             s.engine.backward(loss)
+            if i == accum - 1 and step < self.cfg.train.steps:  # the next step's batches load while this one computes
+                s.train_iter.prefetch(self._next_accumulation(ramp, per_sample, accum))
             dog.mark(step, "optimizer")
             s.engine.step()
-            loss_sum += float(loss.detach().float().item())
+            loss_sum += loss.detach().double()
         return loss_sum
+
+    def _next_accumulation(self, ramp: bool, per_sample: int, accum: int) -> int:
+        """Micro-batches of the step after this one of ``accum`` (``_accumulation`` ahead of time,
+        without moving DeepSpeed's batch)."""
+        cfg, s = self.cfg, self.s
+        if not ramp:
+            return grad_accum_steps(cfg, s.dp_size)
+        unit = cfg.train.micro_batch_size * s.dp_size
+        return global_batch_at(cfg, s.dp_size, s.tokens_seen // per_sample + accum * unit) // unit
 
     def _accumulation(self, ramp: bool, per_sample: int) -> int:
         """Micro-batches of the next step: fixed, or per ``train.batch_rampup`` from the samples
@@ -233,16 +253,20 @@ class Trainer:
         lr = s.engine.get_lr()[0] if s.engine.get_lr() else 0.0
         gnorm = grad_norm(s.engine)
         rate = items / seconds if seconds > 0 else 0.0
-        mfu = s.flops_per_item * rate / s.peak_flops if s.peak_flops else None  # None: peak unknown (CPU)
+        # two counts (pretrain.models.flops): the published one, 6N + 12 L H T per token (full attention),
+        # and ours with causal attention counted exactly; None: peak unknown (CPU, unlisted device)
+        mfu_6n = s.flops_per_item_anchor * rate / s.peak_flops if s.peak_flops else None
+        mfu_exact = s.flops_per_item * rate / s.peak_flops if s.peak_flops else None
+        mfu = "n/a" if mfu_6n is None else f"{mfu_6n * 100:.1f}% (6N+12LHT) {mfu_exact * 100:.1f}% (causal exact)"
         mem = s.memory_gb()
         unit = "img" if s.family == "vit" else "tok"
         D.print0(f"step {step:>7d} | loss {loss:.4f} | lr {lr:.3e} | gnorm {gnorm:.3f} | {rate:,.0f} {unit}/s | "
-                 f"mfu {'n/a' if mfu is None else f'{mfu * 100:.1f}%'} | {seconds / steps * 1000:.0f} ms/step | mem {mem:.2f} GB | "
+                 f"mfu {mfu} | {seconds / steps * 1000:.0f} ms/step | mem {mem:.2f} GB | "
                  f"{unit}s {s.tokens_seen:,}")
         metrics = {"train/loss": loss, "train/lr": lr, "train/grad_norm": gnorm, f"train/{unit}_per_s": rate,
                    "train/step_time_s": seconds / steps, "train/memory_gb": mem, f"train/{unit}s_seen": s.tokens_seen}
-        if mfu is not None:
-            metrics["train/mfu"] = mfu
+        if mfu_6n is not None:
+            metrics["train/mfu_6n_12lht"], metrics["train/mfu_causal_exact"] = mfu_6n, mfu_exact
         s.tracker.log_metrics(metrics, step)
 
     def _any_rank(self, flag: bool) -> bool:

@@ -78,6 +78,15 @@ INVALID = [
      "train.batch_rampup", "[16, 32, 100]", "reach it in whole increments"),
     (["train.global_batch_size=64", "train.batch_rampup=[16,16]", "parallel.world_size=2"], "train.batch_rampup",
      "[16, 16]", "three positive integers"),
+    (["parallel.activation_checkpointing=sometimes"], "parallel.activation_checkpointing", "'sometimes'",
+     "allowed: none, full, attention, or N >= 1 (every N-th block)"),
+    (["parallel.activation_checkpointing=0"], "parallel.activation_checkpointing", "0", "N >= 1"),
+    (["parallel.precision=bf16", "parallel.grad_accum_dtype=fp32"], "parallel.grad_accum_dtype", "'fp32'",
+     "only at ZeRO 1-3; set parallel.zero_stage=1"),
+    (["parallel.precision=bf16", "parallel.zero_stage=1", "parallel.grad_accum_dtype=fp16"],
+     "parallel.grad_accum_dtype", "'fp16'", "allowed: auto, fp32, or the training precision (bf16)"),
+    (["parallel.precision=bf16", "deepspeed.data_types.grad_accum_dtype=fp32"], "deepspeed.data_types.grad_accum_dtype",
+     "'fp32'", "only at ZeRO 1-3"),
 ]
 
 
@@ -116,7 +125,7 @@ def test_overrides_coerce_types_nest_and_take_lists():
     ])
     assert cfg.optim.lr == 1e-3 and isinstance(cfg.optim.lr, float)
     assert cfg.train.steps == 7 and cfg.model.dropout == 0.25
-    assert cfg.parallel.activation_checkpointing is True
+    assert cfg.parallel.activation_checkpointing == "full"  # true is read as full
     assert cfg.optim.betas == (0.8, 0.9)
     assert cfg.model.num_kv_heads is None
     assert cfg.tracking.tags == {"team": "nlp"}
@@ -217,3 +226,59 @@ def test_batch_rampup_follows_megatron():
     assert {n: global_batch_at(cfg, 2, n) for n in seen} == seen
     no_ramp = config_from_dict({"train": {"micro_batch_size": 8, "global_batch_size": 64}})
     assert global_batch_at(no_ramp, 2, 0) == 64
+
+
+def _bf16(stage: int, glob: int | None, **parallel) -> dict:
+    return {"parallel": {"zero_stage": stage, "precision": "bf16", **parallel},
+            "train": {"micro_batch_size": 4, "global_batch_size": glob}}
+
+
+@pytest.mark.parametrize("stage,glob,expected", [
+    (1, 16, "fp32"), (2, 16, "fp32"), (3, 16, "fp32"),  # 2 micro-batches per step on 2 ranks
+    (1, 8, None), (3, None, None),  # one micro-batch: nothing to accumulate
+    (0, 16, None),  # ZeRO 0: DeepSpeed has no fp32 accumulation; auto keeps bf16 (fp32 is refused)
+])
+def test_bf16_accumulates_in_fp32_where_deepspeed_can(stage, glob, expected):
+    from pretrain.config import resolved_grad_accum_dtype
+
+    cfg = config_from_dict(_bf16(stage, glob))
+    ds = deepspeed_config(cfg, 2)
+    assert ds.get("data_types", {}).get("grad_accum_dtype") == expected
+    assert resolved_grad_accum_dtype(cfg, 2) == (expected or "bf16")
+    explicit = config_from_dict(_bf16(max(stage, 1), 8, grad_accum_dtype="fp32"))  # asked for: set even at accum 1
+    assert deepspeed_config(explicit, 2)["data_types"] == {"grad_accum_dtype": "fp32"}
+
+
+def test_rampup_counts_as_accumulation():
+    cfg = config_from_dict({**_bf16(1, 32), "train": {"micro_batch_size": 4, "global_batch_size": 32,
+                                                      "batch_rampup": [8, 8, 64]}})
+    assert deepspeed_config(cfg, 2)["data_types"] == {"grad_accum_dtype": "fp32"}
+
+
+def test_zero_overlaps_communication_with_tuned_buckets_and_stays_overridable():
+    """overlap_comm on at every ZeRO stage, buckets of max(40M, 1M x data ranks) elements instead of
+    one 5e8 bucket per model, small ZeRO-3 parameters kept gathered, pinned offload buffers; the
+    deepspeed: section still wins."""
+    for stage in (1, 2, 3):
+        zero = deepspeed_config(config_from_dict({"parallel": {"zero_stage": stage}}), 8)["zero_optimization"]
+        assert zero["overlap_comm"] is True and zero["contiguous_gradients"] is True
+        assert zero["reduce_bucket_size"] == zero["allgather_bucket_size"] == 40_000_000
+    big = deepspeed_config(config_from_dict({"parallel": {"zero_stage": 2}}), 64)["zero_optimization"]
+    assert big["reduce_bucket_size"] == 64_000_000
+    z3 = config_from_dict({"model": {"hidden_size": 128}, "parallel": {"zero_stage": 3, "offload_optimizer": True,
+                                                                       "offload_params": True}})
+    zero = deepspeed_config(z3, 2)["zero_optimization"]
+    assert zero["stage3_param_persistence_threshold"] == 1280
+    assert zero["offload_optimizer"]["pin_memory"] and zero["offload_param"]["pin_memory"]
+    assert "overlap_comm" not in deepspeed_config(config_from_dict({}), 2)["zero_optimization"]  # ZeRO 0
+    mine = config_from_dict({"parallel": {"zero_stage": 2},
+                             "deepspeed": {"zero_optimization": {"overlap_comm": False, "reduce_bucket_size": 1000}}})
+    zero = deepspeed_config(mine, 2)["zero_optimization"]
+    assert zero["overlap_comm"] is False and zero["reduce_bucket_size"] == 1000
+
+
+@pytest.mark.parametrize("value,expected", [(True, "full"), (False, "none"), (1, "full"), (3, 3), ("attention", "attention"),
+                                            ("none", "none")])
+def test_activation_checkpointing_words(value, expected):
+    cfg = config_from_dict({"parallel": {"activation_checkpointing": value}})
+    assert cfg.parallel.activation_checkpointing == expected

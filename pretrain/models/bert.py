@@ -26,8 +26,9 @@ class MLMHead(nn.Module):
         self.norm = make_norm(cfg)
         self.decoder = LMHead(h, cfg.padded_vocab_size, bias=True)
 
-    def forward(self, h, gather_output: bool = True):
-        return self.decoder(self.norm(self.act(self.dense(h))), gather_output=gather_output)
+    def forward(self, h, gather_output: bool = True, labels: torch.Tensor | None = None):
+        """Logits, or with ``labels`` the fused cross-entropy of the decoder (see ``LMHead``)."""
+        return self.decoder(self.norm(self.act(self.dense(h))), gather_output=gather_output, labels=labels)
 
 
 class Pooler(nn.Module):
@@ -51,6 +52,7 @@ class Bert(Transformer):
         self.pooler = Pooler(cfg) if pooler else None
         self.mlm = MLMHead(cfg)
         self.loss_fn = CrossEntropy()
+        self.fused_loss = True  # decoder + cross-entropy fused, chunked (False: logits, then loss_fn)
         self.tie_weights()
 
     def tie_weights(self) -> None:
@@ -87,4 +89,6 @@ class Bert(Transformer):
         h = self.encode(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
         labels = batch["labels"]
         picked = labels != -100
+        if self.fused_loss:
+            return self.mlm(h[picked], gather_output=False, labels=labels[picked])
         return self.loss_fn(self.mlm(h[picked], gather_output=False), labels[picked])

@@ -16,6 +16,7 @@ Fused layouts (the parallel plan and the Hugging Face maps rely on them):
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -129,21 +130,44 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
     """One transformer layer. Pre-norm: ``x + f(norm(x))``; post-norm (BERT): ``norm(x + f(x))``.
-    ``checkpoint`` (set by ``set_activation_checkpointing``) recomputes the block in backward."""
+    ``checkpoint`` (set by ``set_activation_checkpointing``): "block" recomputes the whole block in
+    backward (``Transformer.run_layers`` wraps it), "attention" only its attention half (the
+    pre-norm's ``norm1`` included), "none" stores every activation."""
 
     def __init__(self, cfg: ModelConfig, causal: bool):
         super().__init__()
         self.pre_norm = cfg.norm_position == "pre"
         self.norm1, self.attn = make_norm(cfg), Attention(cfg, causal)
         self.norm2, self.mlp = make_norm(cfg), MLP(cfg)
-        self.checkpoint = False
+        self.checkpoint = "none"
+
+    def _attend(self, x, mask, rope):
+        return self.attn(self.norm1(x) if self.pre_norm else x, mask, rope)
 
     def forward(self, x, mask=None, rope=None):
+        if self.checkpoint == "attention" and self.training and torch.is_grad_enabled():
+            a = checkpoint(self._attend, x, mask, rope, use_reentrant=False)
+        else:
+            a = self._attend(x, mask, rope)
         if self.pre_norm:
-            x = x + self.attn(self.norm1(x), mask, rope)
+            x = x + a
             return x + self.mlp(self.norm2(x))
-        x = self.norm1(x + self.attn(x, mask, rope))
+        x = self.norm1(x + a)
         return self.norm2(x + self.mlp(x))
+
+
+def checkpointed_blocks(mode, num_layers: int) -> dict[int, str]:
+    """``parallel.activation_checkpointing`` -> {block index: "block" | "attention"} for the blocks
+    that recompute. ``mode``: "none"/False, "full"/True/1, "attention", or N (every N-th block)."""
+    if mode is True or mode == 1:
+        mode = "full"
+    if mode is False or mode == "none":
+        return {}
+    if mode in ("full", "attention"):
+        return {i: "block" if mode == "full" else "attention" for i in range(num_layers)}
+    if isinstance(mode, int) and mode >= 2:
+        return {i: "block" for i in range(0, num_layers, mode)}
+    raise ValueError(f"activation checkpointing {mode!r}: allowed none, full, attention or N >= 1")
 
 
 class CrossEntropy(nn.Module):
@@ -154,9 +178,16 @@ class CrossEntropy(nn.Module):
 
 
 class LMHead(nn.Linear):
-    """hidden -> vocabulary logits. ``gather_output`` only matters for the column-parallel swap."""
+    """hidden -> vocabulary logits, or with ``labels`` the mean cross-entropy of those logits,
+    computed a chunk of tokens at a time without storing them (``linear_cross_entropy``; logits for
+    evaluation come from the call without labels). ``gather_output`` only matters for the
+    column-parallel swap, which keeps this signature."""
 
-    def forward(self, x, gather_output: bool = True):  # noqa: ARG002 - same signature as the parallel head
+    def forward(self, x, gather_output: bool = True, labels: torch.Tensor | None = None):  # noqa: ARG002
+        if labels is not None:
+            from pretrain.parallel.tensor_parallel import linear_cross_entropy  # parallel imports this module
+
+            return linear_cross_entropy(x, self.weight, self.bias, labels)
         return super().forward(x)
 
 
@@ -177,17 +208,31 @@ class Transformer(nn.Module):
     def run_layers(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         rope = self.rope(x.shape[1], x.device, x.dtype) if self.rope is not None else None
         for layer in self.layers:
-            if layer.checkpoint and self.training and torch.is_grad_enabled():
+            if layer.checkpoint == "block" and self.training and torch.is_grad_enabled():
                 x = checkpoint(layer, x, mask, rope, use_reentrant=False)
             else:
                 x = layer(x, mask, rope)
         return self.norm(x)
 
-    def set_activation_checkpointing(self, enabled: bool = True, layers: list[int] | None = None) -> None:
-        """Recompute the chosen blocks (all by default) in backward instead of storing activations."""
+    def set_activation_checkpointing(self, mode: bool | str | int = True) -> None:
+        """Recompute activations in backward instead of storing them: True/"full" every block,
+        "attention" the attention half of every block, N every N-th block, False/"none" nothing."""
+        chosen = checkpointed_blocks(mode, len(self.layers))
         for i, layer in enumerate(self.layers):
-            if layers is None or i in layers:
-                layer.checkpoint = enabled
+            layer.checkpoint = chosen.get(i, "none")
+
+    def compile_blocks(self, backend: str | None = None) -> None:
+        """``torch.compile`` each transformer block's ``forward`` (one graph, shared by all blocks).
+
+        The block's own ``__call__`` -- and the hooks DeepSpeed hangs on it (ZeRO 3 gathers a
+        block's parameters there when the block is a ZeRO-3 leaf module, see ``train_setup``) --
+        stays eager, as do embeddings, head, loss and optimizer; full-block checkpointing wraps the
+        compiled block, attention checkpointing is traced inside it. Tensor-parallel collectives
+        break the graph (``pretrain.parallel.tensor_parallel``). ``backend``: default
+        ``$PRETRAIN_COMPILE_BACKEND`` or inductor."""
+        backend = backend or os.environ.get("PRETRAIN_COMPILE_BACKEND") or "inductor"
+        for layer in self.layers:
+            layer.forward = torch.compile(layer.forward, backend=backend, dynamic=False)
 
     def tie_weights(self) -> None:
         """Re-point tied parameters after materialisation or a layer swap; families override."""

@@ -21,16 +21,23 @@ and ``2 h classes`` per image for the classifier.
 
 Backward is exactly twice the forward for every matmul (gradient w.r.t. the input and w.r.t. the
 weight; both bmm operands of attention), except the ViT patch embedding, whose input is pixels
-and needs no gradient (1x). ``recompute=True`` adds the activation-checkpointing recompute of the
-transformer layers: hardware FLOPs, not model FLOPs (use ``recompute=False`` for MFU). torch's
-non-reentrant checkpoint stops recomputing once every saved tensor is back, so a pre-norm block
-skips its last matmul (``fc_out``, whose output nothing saves); a post-norm block recomputes it
-(its norm saves the sum).
+and needs no gradient (1x). ``recompute=True`` (or a ``parallel.activation_checkpointing`` mode)
+adds the activation-checkpointing recompute of the transformer layers: hardware FLOPs, not model
+FLOPs (use ``recompute=False`` for MFU). torch's non-reentrant checkpoint stops recomputing once
+every saved tensor is back, so a pre-norm block skips its last matmul (``fc_out``, whose output
+nothing saves); a post-norm block recomputes it (its norm saves the sum); attention checkpointing
+repeats the qkv projection and attention itself, not the output projection.
+
+Two counts for MFU: ``causal_exact=True`` (this module's, the mean number of keys a causal query
+sees) and ``causal_exact=False``, which is exactly the count the published MFU figures use
+(nanoGPT, PaLM, llm.c, Megatron): ``6 N + 12 L H T`` per token, ``N`` the matmul weights (head
+included), full ``T x T`` attention (``anchor_flops_per_token``).
 """
 
 from __future__ import annotations
 
 from pretrain.config import ModelConfig
+from pretrain.models.core import checkpointed_blocks
 
 
 def layer_flops_per_token(cfg: ModelConfig, keys: float) -> dict[str, float]:
@@ -45,11 +52,13 @@ def layer_flops_per_token(cfg: ModelConfig, keys: float) -> dict[str, float]:
     }
 
 
-def recompute_flops_per_token(cfg: ModelConfig, keys: float) -> float:
-    """Forward FLOPs torch's non-reentrant checkpoint repeats per token (see the module docstring)."""
-    layer = sum(layer_flops_per_token(cfg, keys).values())
+def recompute_flops_per_token(cfg: ModelConfig, keys: float, mode="full") -> float:
+    """Forward FLOPs torch's non-reentrant checkpoint repeats per token under ``mode`` (True/"full",
+    "attention", N = every N-th block; see the module docstring)."""
+    parts = layer_flops_per_token(cfg, keys)
     skipped = 2 * cfg.ffn_size * cfg.hidden_size if cfg.norm_position == "pre" else 0
-    return cfg.num_layers * (layer - skipped)
+    per_block = {"block": sum(parts.values()) - skipped, "attention": parts["qkv"] + parts["attention"]}
+    return sum(per_block[kind] for kind in checkpointed_blocks(mode, cfg.num_layers).values())
 
 
 def _keys(seq_len: int, causal: bool, causal_exact: bool) -> float:
@@ -68,12 +77,19 @@ def forward_flops_per_token(cfg: ModelConfig, seq_len: int, head_fraction: float
     return {"layers": layers, "head": head}
 
 
-def flops_per_token(cfg: ModelConfig, seq_len: int, head_fraction: float = 1.0, recompute: bool = False,
+def flops_per_token(cfg: ModelConfig, seq_len: int, head_fraction: float = 1.0, recompute=False,
                     causal_exact: bool = True) -> float:
     """Training FLOPs (forward + backward) per token for GPT/BERT at sequence length ``seq_len``."""
     fwd = forward_flops_per_token(cfg, seq_len, head_fraction, causal_exact)
-    extra = recompute_flops_per_token(cfg, _keys(seq_len, cfg.family == "gpt", causal_exact)) if recompute else 0.0
+    keys = _keys(seq_len, cfg.family == "gpt", causal_exact)
+    extra = recompute_flops_per_token(cfg, keys, recompute) if recompute not in (False, "none") else 0.0
     return 3 * (fwd["layers"] + fwd["head"]) + extra
+
+
+def anchor_flops_per_token(cfg: ModelConfig, seq_len: int, head_fraction: float = 1.0) -> float:
+    """The published MFU count, ``6 N + 12 L H T`` per token (nanoGPT/PaLM/Megatron; attention as
+    if every query saw all ``T`` keys): ``flops_per_token(causal_exact=False)``."""
+    return flops_per_token(cfg, seq_len, head_fraction, causal_exact=False)
 
 
 def forward_flops_per_image(cfg: ModelConfig, image_size: int | None = None) -> dict[str, float]:
@@ -90,16 +106,16 @@ def forward_flops_per_image(cfg: ModelConfig, image_size: int | None = None) -> 
     }
 
 
-def flops_per_image(cfg: ModelConfig, image_size: int | None = None, recompute: bool = False) -> float:
+def flops_per_image(cfg: ModelConfig, image_size: int | None = None, recompute=False) -> float:
     """Training FLOPs (forward + backward) per image for ViT (no gradient w.r.t. the pixels)."""
     fwd = forward_flops_per_image(cfg, image_size)
     tokens = ((image_size or cfg.image_size) // cfg.patch_size) ** 2 + 1
-    extra = tokens * recompute_flops_per_token(cfg, float(tokens)) if recompute else 0.0
+    extra = tokens * recompute_flops_per_token(cfg, float(tokens), recompute) if recompute not in (False, "none") else 0.0
     return 2 * fwd["patch_embed"] + 3 * (fwd["layers"] + fwd["head"]) + extra
 
 
 def flops_per_sample(cfg: ModelConfig, seq_len: int | None = None, image_size: int | None = None,
-                     head_fraction: float = 1.0, recompute: bool = False) -> float:
+                     head_fraction: float = 1.0, recompute=False) -> float:
     """Training FLOPs for one sample: a sequence of ``seq_len`` tokens, or one image."""
     if cfg.family == "vit":
         return flops_per_image(cfg, image_size, recompute)

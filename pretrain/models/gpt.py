@@ -27,6 +27,7 @@ class GPT(Transformer):
         self.drop = nn.Dropout(cfg.dropout)
         self.lm_head = LMHead(h, cfg.padded_vocab_size, bias=False)
         self.loss_fn = CrossEntropy()
+        self.fused_loss = True  # head + cross-entropy fused, chunked (False: logits, then loss_fn)
         self.tie_weights()
 
     def tie_weights(self) -> None:
@@ -49,6 +50,9 @@ class GPT(Transformer):
         return logits[..., : self.config.vocab_size]
 
     def loss(self, batch: dict) -> torch.Tensor:
-        """Mean next-token cross-entropy; vocab-parallel (no gathered logits) under tensor parallel."""
+        """Mean next-token cross-entropy; vocab-parallel (no gathered logits) under tensor parallel.
+        Fused with the head (``fused_loss``): no [tokens, vocabulary] fp32 logits are stored."""
         h = self.encode(batch["input_ids"], batch.get("attention_mask"))
+        if self.fused_loss:
+            return self.lm_head(h, gather_output=False, labels=batch["labels"])
         return self.loss_fn(self.lm_head(h, gather_output=False), batch["labels"])

@@ -39,19 +39,20 @@ def test_formula_equals_counted_flops(name):
     assert counted_training_flops(model, batch) == expected
 
 
+@pytest.mark.parametrize("mode", [True, "attention", 2])  # every block, attention halves, every 2nd block
 @pytest.mark.parametrize("name", ["gpt2-debug", "bert-debug", "vit-debug"])  # pre- and post-norm
-def test_recompute_counts_what_checkpointing_repeats(name):
-    cfg = preset(name)
+def test_recompute_counts_what_checkpointing_repeats(name, mode):
+    cfg = preset(name, num_layers=3)
     model = build_model(cfg)
-    model.set_activation_checkpointing(True)
+    model.set_activation_checkpointing(mode)
     if cfg.family == "vit":
         batch = {"pixel_values": torch.randn(2, 3, 32, 32), "labels": torch.tensor([1, 2])}
-        expected = 2 * flops_per_image(cfg, recompute=True)
+        expected = 2 * flops_per_image(cfg, recompute=mode)
         assert expected > 2 * flops_per_image(cfg)
     else:
         ids = torch.randint(0, cfg.vocab_size, (2, T))
         batch = {"input_ids": ids, "labels": ids}
-        expected = 2 * T * flops_per_token(cfg, T, recompute=True, causal_exact=False)
+        expected = 2 * T * flops_per_token(cfg, T, recompute=mode, causal_exact=False)
     assert counted_training_flops(model, batch) == expected
 
 
