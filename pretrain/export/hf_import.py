@@ -33,7 +33,7 @@ def _data_info(hf_dir: Path, hf_config: dict, family: str) -> dict:
     if family == "vit":
         pre = hf_dir / "preprocessor_config.json"
         p = json.loads(pre.read_text()) if pre.is_file() else {}
-        size = p.get("size", {}).get("height", hf_config.get("image_size"))
+        size = (p.get("crop_size") or p.get("size") or {}).get("height", hf_config.get("image_size"))
         info["normalization"] = {"image_size": size, "mean": p.get("image_mean", [0.5] * 3),
                                  "std": p.get("image_std", [0.5] * 3),
                                  "rescale_factor": p.get("rescale_factor", 1 / 255),
