@@ -282,6 +282,7 @@ def log_run_metadata(tracker, cfg: Config, world: int, dp: int) -> None:
     tracker.log_text(json.dumps(deepspeed_config(cfg, world), indent=2), "config/deepspeed.json")
     if cfg.data.source == "shards":
         tracker.log_artifact(str(Path(cfg.data.path) / "manifest.json"), "data")
+        tracker.log_input(cfg.data.path)  # the dataset: name, manifest sha256, path
 
 
 def _restore(engine, loader, tag_dir: Path, cfg: Config, mpu) -> dict:

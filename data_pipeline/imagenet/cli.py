@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from data_pipeline.tracking import add_tracking_arguments, track_pipeline
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True,
@@ -32,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting one")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--debug-shard-delay", type=float, default=0.0, help=argparse.SUPPRESS)
+    add_tracking_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,4 +61,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"{split}: {entry['samples']} samples in {len(entry['shards'])} shards, {entry['bytes']} bytes; "
               f"read {c['read']}, rejected {sum(c['rejected'].values())} {c['rejected']}")
     print(f"wrote {args.out}/manifest.json ({len(manifest['classes'])} classes)")
+    track_pipeline(args, "imagenet", args.out)
     return 0

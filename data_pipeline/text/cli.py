@@ -12,6 +12,8 @@ import glob
 import os
 import sys
 
+from data_pipeline.tracking import add_tracking_arguments, track_pipeline
+
 EXIT_USAGE = 2
 
 
@@ -24,7 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--base-url", default=None, help="with --crawl: server root (default https://data.commoncrawl.org/)")
     src.add_argument("--cache-dir", default=None, help="with --crawl: download cache (default <output>/_downloads)")
     src.add_argument("--retries", type=int, default=5, help="download retries with exponential backoff")
-    p.add_argument("--output", "-o", required=True, help="output directory (manifest.json, shards, rejected/)")
+    p.add_argument("--out", "--output", "-o", dest="output", metavar="DIR", required=True,
+                   help="output directory (manifest.json, shards, rejected/); --output and -o are aliases")
     f = p.add_argument_group("extraction, language and filters")
     f.add_argument("--extractor", default="resiliparse", choices=("resiliparse", "trafilatura"))
     f.add_argument("--langs", default="en", help="comma-separated languages to keep; 'all' keeps every language")
@@ -53,6 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--num-cpus", type=int, default=None, help="embedded Ray: CPUs to use (default: all)")
     p.add_argument("--keep-work", action="store_true", help="keep _work/ intermediates after success")
     p.add_argument("--no-progress", action="store_true")
+    add_tracking_arguments(p)
 
 
 def _fail(message: str) -> int:
@@ -144,4 +148,5 @@ def run(args) -> int:
         return _fail(str(e))
     print(summary_table(manifest))
     print(f"wrote {os.path.join(args.output, 'manifest.json')}")
+    track_pipeline(args, "commoncrawl", args.output)
     return 0
