@@ -1,4 +1,4 @@
-"""``pretrain train CONFIG [key.path=value ...] [--nproc N]``.
+"""``pretrain train CONFIG [key.path=value ...] [--nproc N] [--out RUN_DIR]``.
 
 The config is validated before anything starts (exit 2 on a bad one). Under a launcher
 (deepspeed, torchrun, srun: RANK/WORLD_SIZE set) every rank runs the trainer; with ``--nproc N``
@@ -19,6 +19,8 @@ EXIT_NONFINITE = 3
 def add_arguments(p) -> None:
     p.add_argument("config", help="YAML config, or 'default' for the built-in debug GPT")
     p.add_argument("overrides", nargs="*", metavar="key.path=value", help="overrides, YAML-typed")
+    p.add_argument("--out", metavar="RUN_DIR", default=None,
+                   help="run directory: checkpoints, metrics.jsonl (the same as train.run_dir=RUN_DIR)")
     p.add_argument("--nproc", type=int, default=None,
                    help="start and supervise this many local ranks (default: 1, or the launcher's world)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed
@@ -36,6 +38,9 @@ def _spawn(nproc: int, args) -> int:
 
 def run(args) -> int:
     from pretrain.config import ConfigError, dp_size, load_config
+
+    if args.out:  # before the overrides reach the config and the spawned ranks
+        args.overrides = [*args.overrides, f"train.run_dir={args.out}"]
 
     try:
         cfg = load_config(None if args.config == "default" else args.config, args.overrides)
