@@ -27,7 +27,7 @@ bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 demo: setup
-	$(BIN)/python -m launch.demo
+	$(BIN)/python -m launch.demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) runs mlruns mlflow.db

@@ -173,3 +173,34 @@ def read_manifest(out_dir: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no manifest.json; is {out_dir} a shard directory written by `pretrain data`?")
     return json.loads(path.read_text())
+
+
+DATASET_DIGEST_CHARS = 36  # mlflow.utils.validation.MAX_DATASET_DIGEST_SIZE
+
+
+def shard_dataset(out_dir: str | Path, manifest_bytes: bytes | None = None) -> dict:
+    """What names a shard directory as a dataset (MLflow's dataset input): name, digest, source,
+    profile, full sha256. ``out_dir`` is a local directory, or a URI (s3://, gs://, https://)
+    whose ``manifest.json`` the caller read into ``manifest_bytes``."""
+    remote = "://" in str(out_dir)
+    uri = str(out_dir).rstrip("/") if remote else str(Path(out_dir).resolve())
+    raw = manifest_bytes if manifest_bytes is not None else (Path(uri) / "manifest.json").read_bytes()
+    manifest = json.loads(raw)
+    sha = hashlib.sha256(raw).hexdigest()
+    splits = {name: {k: v for k, v in entry.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+              | {"shards": len(entry.get("shards", []))} for name, entry in manifest.get("splits", {}).items()}
+    profile = {"kind": manifest.get("kind"), "manifest_sha256": sha, "splits": splits}
+    if manifest.get("kind") == "image":
+        profile["classes"] = len(manifest.get("classes", []))
+    return {"name": uri.rsplit("/", 1)[-1], "digest": sha[:DATASET_DIGEST_CHARS], "source": json.dumps({"uri": uri}),
+            "profile": json.dumps(profile), "sha256": sha}
+
+
+def dataset_input(record: dict, context: str):
+    """``shard_dataset``'s record as the ``mlflow.entities.DatasetInput`` of ``log_inputs``."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    dataset = Dataset(name=record["name"], digest=record["digest"], source_type="local", source=record["source"],
+                      profile=record["profile"])
+    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context),
+                                       InputTag("manifest_sha256", record["sha256"])])

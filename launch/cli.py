@@ -18,14 +18,40 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("data", "inspect"), "data_pipeline.inspect_cli", "summarise a shard directory: manifest, counts, one decoded sample"),
     (("train",), "launch.train_cli", "train GPT, BERT or ViT with DeepSpeed from a config"),
     (("launch",), "launch.launchers", "start a training job locally, on a hostfile, torchrun, SLURM, Ray or Kubernetes"),
-    (("export",), "pretrain.export_cli", "export a training checkpoint to a Hugging Face directory or safetensors"),
-    (("import-hf",), "pretrain.import_cli", "import a Hugging Face model directory as a checkpoint to continue from"),
+    (("export",), "launch.export_cli", "export a training checkpoint to a Hugging Face directory or safetensors"),
+    (("import-hf",), "launch.import_cli", "import a Hugging Face model directory as a checkpoint to continue from"),
     (("sweep",), "launch.sweep_cli", "run a scaling-law sweep as MLflow parent/child runs"),
     (("scaling", "fit"), "launch.scaling_fit_cli", "fit L(N, D) to sweep results and plot it"),
     (("scaling", "plan"), "launch.scaling_plan_cli", "compute-optimal N and D for a budget, and a config for that size"),
     (("config", "show"), "launch.config_cli", "print the resolved config and the DeepSpeed JSON"),
 ]
 
+# shown under `pretrain <words> --help`
+EXAMPLES: dict[tuple[str, ...], str] = {
+    ("train",): """\
+  pretrain train configs/gpt/debug.yaml --nproc 2 --out runs/gpt-debug            # synthetic tokens, 2 CPU ranks
+  pretrain train configs/gpt/gpt2-124m.yaml data.source=shards data.path=out/commoncrawl --out runs/gpt2
+  pretrain train configs/bert/debug.yaml --nproc 2 parallel.zero_stage=2 train.steps=200 --out runs/bert
+  pretrain train configs/vit/vit-s16.yaml data.source=shards data.path=out/imagenet --out runs/vit-s16
+  pretrain train configs/gpt/debug.yaml --nproc 2 --out runs/gpt-debug checkpoint.resume=auto   # continue it
+  pretrain config show configs/gpt/debug.yaml --world-size 2                        # what a run would use""",
+    ("data", "commoncrawl"): """\
+  pretrain data commoncrawl --input 'crawl/*.warc.gz' --out out/commoncrawl
+  pretrain data commoncrawl --crawl CC-MAIN-2024-22 --max-files 2 --out out/cc --vocab-size 32000
+  pretrain data commoncrawl --input a.warc.gz --out out/cc --no-near-dedup --filter c4.min_num_sentences=3
+  pretrain data commoncrawl --input a.warc.gz --out out/cc --tracking-uri http://mlflow:5000 --experiment data""",
+    ("data", "imagenet"): """\
+  pretrain data imagenet --input /data/imagenet --split train,val --out out/imagenet
+  pretrain data imagenet --input ILSVRC2012_img_train.tar --out out/imagenet --max-size 256 --num-cpus 16
+  pretrain data imagenet --input my_images/ --split train --out out/mine --no-tracking   # any ImageFolder tree""",
+    ("data", "inspect"): """\
+  pretrain data inspect out/commoncrawl
+  pretrain data inspect out/imagenet --split val --index 3 --json""",
+    ("export",): """\
+  pretrain export runs/gpt-debug --out hf/gpt-debug                  # the run's latest checkpoint
+  pretrain export runs/gpt-debug/checkpoints/step00000100 --out hf/gpt-100 --dtype bf16
+  pretrain export runs/gpt-debug --out hf/gpt-debug --overwrite --register gpt-debug   # + MLflow registry""",
+}
 EXIT_USAGE = 2
 
 
@@ -65,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
             parent = key
         mod = _load(module)
         text = help_text if mod is not None else f"{help_text} (not built yet)"
-        p = groups[parent].add_parser(words[-1], help=text, description=text)
+        examples = EXAMPLES.get(words)
+        p = groups[parent].add_parser(words[-1], help=text, description=text,
+                                      epilog=f"examples:\n{examples}" if examples else None,
+                                      formatter_class=argparse.RawDescriptionHelpFormatter)
         if mod is None:
             p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
             p.set_defaults(_run=_not_built(words))

@@ -1,4 +1,4 @@
-"""``pretrain train CONFIG [key.path=value ...] [--nproc N]``.
+"""``pretrain train CONFIG [key.path=value ...] [--nproc N] [--out RUN_DIR]``.
 
 The config is validated before anything starts (exit 2 on a bad one). Under a launcher
 (deepspeed, torchrun, Ray Train: RANK/WORLD_SIZE set; srun: SLURM_PROCID/SLURM_NTASKS) every rank
@@ -22,6 +22,8 @@ EXIT_CHECKPOINT = 1  # a checkpoint that cannot be read or written (named); see 
 def add_arguments(p) -> None:
     p.add_argument("config", help="YAML config, or 'default' for the built-in debug GPT")
     p.add_argument("overrides", nargs="*", metavar="key.path=value", help="overrides, YAML-typed")
+    p.add_argument("--out", metavar="RUN_DIR", default=None,
+                   help="run directory: checkpoints, metrics.jsonl (the same as train.run_dir=RUN_DIR)")
     p.add_argument("--nproc", type=int, default=None,
                    help="start and supervise this many local ranks (default: 1, or the launcher's world)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed
@@ -66,6 +68,9 @@ def _check_shared_run_dir(cfg) -> None:
 
 def run(args) -> int:
     from pretrain import signals
+
+    if args.out:  # before the overrides reach the config and the spawned ranks
+        args.overrides = [*args.overrides, f"train.run_dir={args.out}"]
 
     signals.install()  # before the heavy imports: a SIGTERM while a rank starts is honoured, not fatal
     from pretrain.config import ConfigError

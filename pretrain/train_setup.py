@@ -333,4 +333,9 @@ def log_run_metadata(tracker, cfg: Config, world: int, dp: int) -> None:
     tracker.log_text(to_yaml(cfg), "config/config.yaml")
     tracker.log_text(json.dumps(deepspeed_config(cfg, world), indent=2), "config/deepspeed.json")
     if cfg.data.source == "shards":
-        tracker.log_artifact(str(Path(cfg.data.path) / "manifest.json"), "data")
+        from data_pipeline import storage
+
+        manifest = storage.read_bytes(storage.join(cfg.data.path, "manifest.json"))  # local or remote
+        tracker.log_text(manifest.decode(), "data/manifest.json")
+        tracker.log_input(cfg.data.path)  # the dataset: name, manifest sha256, path
+

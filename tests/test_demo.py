@@ -1,25 +1,144 @@
-"""`make demo`'s job, shortened: built-in corpus -> shards -> 2-rank training -> HF export -> generate."""
+"""`make demo` at its reduced size (``--quick``), run once for the session, and every artefact checked:
+shards of both kinds, MLflow runs (two pipelines, three trainings) with metrics and linked datasets,
+checkpoints, three exports recorded and registered, the three pipeline outputs; then a rerun that
+redoes nothing. ``tests/test_browse.py`` browses the same run's MLflow store."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
+# the reduced demo takes about 2 minutes on 2 quiet cores; the limit leaves room for a shared machine
+pytestmark = pytest.mark.timeout(1800)
+TRAININGS = ("gpt", "bert", "vit")
 
 
-def test_demo_runs_the_whole_path(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "launch.demo", "--out", str(tmp_path / "demo"), "--steps", "6"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=900,
+@functools.cache
+def quick_demo() -> tuple[Path, str]:
+    """Run ``python -m launch.demo --quick`` once per test session (both test modules share it);
+    returns (working directory: mlflow.db and out/, the demo's stdout)."""
+    cwd = Path(tempfile.mkdtemp(prefix="pretrain-demo-"))
+    proc = subprocess.run([sys.executable, "-m", "launch.demo", "--out", "out", "--quick"], cwd=cwd,
+                          capture_output=True, text=True, timeout=1500,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return cwd, proc.stdout
+
+
+@pytest.fixture(scope="module")
+def demo():
+    cwd, stdout = quick_demo()
+    return {"cwd": cwd, "out": cwd / "out", "stdout": stdout,
+            "state": json.loads((cwd / "out" / "demo_state.json").read_text())}
+
+
+@pytest.fixture(scope="module")
+def mlflow_client(demo):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{demo['cwd'] / 'mlflow.db'}")
+
+
+def _runs(client) -> dict[str, object]:
+    exp = client.get_experiment_by_name("demo")
+    return {r.info.run_name: r for r in client.search_runs([exp.experiment_id], max_results=100)}
+
+
+def test_shards_of_both_kinds(demo):
+    for kind, folder in (("text", "text"), ("image", "images")):
+        root = demo["out"] / "data" / folder
+        manifest = json.loads((root / "manifest.json").read_text())
+        assert manifest["kind"] == kind and set(manifest["splits"]) == {"train", "val"}
+        for split in manifest["splits"].values():
+            assert split["samples"] > 0 and all((root / s["path"]).is_file() for s in split["shards"])
+    images = json.loads((demo["out"] / "data" / "images" / "manifest.json").read_text())
+    assert [c["name"] for c in images["classes"]][:2] == ["circle", "triangle"] and len(images["classes"]) == 10
+    assert images["splits"]["train"]["samples"] == 120 and images["splits"]["val"]["samples"] == 40
+
+
+def test_checkpoints_and_exports(demo):
+    expected = {"gpt": {"generation_config.json", "tokenizer.json"}, "bert": {"tokenizer.json"},
+                "vit": {"preprocessor_config.json"}}
+    for name in TRAININGS:
+        ckpts = demo["out"] / "runs" / name / "checkpoints"
+        assert (ckpts / "latest").read_text().strip() == "step00000006"
+        assert (ckpts / "step00000006" / "complete.json").is_file()
+        files = {p.name for p in (demo["out"] / "hf" / name).iterdir()}
+        assert {"config.json", "model.safetensors", "README.md"} | expected[name] <= files, name
+
+
+def test_pipeline_runs_in_mlflow_with_funnel_sample_and_dataset(demo, mlflow_client):
+    runs = _runs(mlflow_client)
+    text, images = runs["commoncrawl text"], runs["imagenet images"]
+    for run, folder in ((text, "text"), (images, "images")):
+        raw = (demo["out"] / "data" / folder / "manifest.json").read_bytes()
+        assert run.info.status == "FINISHED" and run.data.tags["manifest_sha256"] == hashlib.sha256(raw).hexdigest()
+        (inp,) = run.inputs.dataset_inputs
+        assert inp.dataset.digest == hashlib.sha256(raw).hexdigest()[:36] and inp.dataset.name == folder
+        assert {t.key: t.value for t in inp.tags}["mlflow.data.context"] == "output"
+        arts = {a.path for a in mlflow_client.list_artifacts(run.info.run_id)}
+        assert {"manifest.json", "funnel.json", "sample"} <= arts
+        assert "sample/sample.json" in {a.path for a in mlflow_client.list_artifacts(run.info.run_id, "sample")}
+    counts = json.loads((demo["out"] / "data" / "text" / "manifest.json").read_text())["counts"]
+    assert text.data.metrics["funnel/documents"] == counts["stages"][-1]["out"] == counts["total"]["kept"]
+    history = mlflow_client.get_metric_history(text.info.run_id, "funnel/documents")
+    assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(len(counts["stages"]) + 1))
+    assert text.data.params["vocab_size"] == "2000"
+    assert images.data.metrics["funnel/train/images"] == 120 and images.data.metrics["val/samples"] == 40
+
+
+def test_training_runs_have_metrics_their_dataset_and_their_export(demo, mlflow_client):
+    runs = _runs(mlflow_client)
+    for name in TRAININGS:
+        run = runs[f"demo-{name}"]
+        assert run.info.status == "FINISHED" and run.info.run_id == demo["state"][name]["run_id"]
+        assert "train/loss" in run.data.metrics and "eval/loss" in run.data.metrics, run.data.metrics.keys()
+        folder = "images" if name == "vit" else "text"
+        (inp,) = run.inputs.dataset_inputs
+        sha = hashlib.sha256((demo["out"] / "data" / folder / "manifest.json").read_bytes()).hexdigest()
+        assert (inp.dataset.name, inp.dataset.digest) == (folder, sha[:36])
+        assert json.loads(inp.dataset.source)["uri"] == str((demo["out"] / "data" / folder).resolve())
+        assert {t.key: t.value for t in inp.tags} == {"mlflow.data.context": "train", "manifest_sha256": sha}
+        assert run.data.tags["export.path"] == str((demo["out"] / "hf" / name).resolve())
+        assert run.data.tags["export.registered"] == f"demo-{name}/1"
+        (version,) = mlflow_client.search_model_versions(f"name = 'demo-{name}'")
+        assert version.run_id == run.info.run_id and version.source.endswith(f"/exports/{name}")
+        exported = {a.path for a in mlflow_client.list_artifacts(run.info.run_id, f"exports/{name}")}
+        assert f"exports/{name}/model.safetensors" in exported
+
+
+def test_pipeline_outputs(demo):
+    use = demo["state"]["use"]
+    gen = use["generation"]
+    assert gen["text"].startswith(gen["prompt"]) and len(gen["text"]) > len(gen["prompt"]) + 5
+    top = use["fill_mask"]["top"]
+    assert len(top) == 3 and all(p["token"].strip() and 0 < p["score"] <= 1 for p in top)
+    images = use["classification"]["images"]
+    manifest = json.loads((demo["out"] / "data" / "images" / "manifest.json").read_text())
+    classes = {c["name"] for c in manifest["classes"]}
+    assert len(images) == 8 and all(img["predicted"] in classes and img["true"] in classes for img in images)
+    for line in ("text-generation", "fill-mask", "image-classification",
+                 "mlflow ui --backend-store-uri sqlite:///mlflow.db"):
+        assert line in demo["stdout"]
+
+
+def test_rerun_redoes_nothing(demo, mlflow_client):
+    """Every finished step is skipped: no new pipeline, training or registry entry, same results."""
+    before = {name: r.info.run_id for name, r in _runs(mlflow_client).items()}
+    proc = subprocess.run([sys.executable, "-m", "launch.demo", "--out", "out", "--quick"], cwd=demo["cwd"],
+                          capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    demo = tmp_path / "demo"
-    manifest = json.loads((demo / "shards" / "manifest.json").read_text())
-    assert manifest["splits"]["train"]["documents"] > 100
-    assert (demo / "run" / "checkpoints" / "latest").read_text().strip() == "step00000006"
-    assert {"config.json", "model.safetensors", "generation_config.json"} <= {p.name for p in (demo / "hf").iterdir()}
-    assert "generated: 'The module provides" in proc.stdout
-    assert (tmp_path / "mlflow.db").is_file()  # local MLflow in the working directory
+    assert proc.stdout.count("done in an earlier run") == 10
+    assert "$ pretrain" not in proc.stdout
+    assert {name: r.info.run_id for name, r in _runs(mlflow_client).items()} == before
+    assert json.loads((demo["out"] / "demo_state.json").read_text())["use"] == demo["state"]["use"]

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from data_pipeline.tracking import add_tracking_arguments, track_pipeline
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True,
@@ -39,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting one")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--debug-shard-delay", type=float, default=0.0, help=argparse.SUPPRESS)
+    add_tracking_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,4 +76,5 @@ def run(args: argparse.Namespace) -> int:
             print(f"pretrain data imagenet: warning: {split}: {c['failed_inputs']} input(s) could not be read "
                   f"(allowed by --max-failed-inputs); see {args.out}/{entry['rejected']}", file=sys.stderr)
     print(f"wrote {args.out}/manifest.json ({len(manifest['classes'])} classes)")
+    track_pipeline(args, "imagenet", args.out)
     return 0

@@ -19,6 +19,8 @@ import glob
 import os
 import sys
 
+from data_pipeline.tracking import add_tracking_arguments, track_pipeline
+
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
@@ -37,8 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--max-failed-inputs", default="0", metavar="N_OR_FRACTION",
                      help="input files allowed to fail (unreadable, corrupt, download failed) before the job stops "
                           "with exit 1: a count, or a fraction of the inputs such as 0.01 (default 0)")
-    p.add_argument("--output", "-o", required=True,
-                   help="output directory (manifest.json, shards, rejected/): a local path, s3:// or gs://")
+    p.add_argument("--out", "--output", "-o", dest="output", metavar="DIR", required=True,
+                   help="output directory (manifest.json, shards, rejected/): a local path, s3:// or gs://; "
+                        "--output and -o are aliases")
     p.add_argument("--work-dir", default=None,
                    help="intermediates (default <output>/_work); on a cluster a location every node can read")
     f = p.add_argument_group("extraction, language and filters")
@@ -72,6 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: one per 250,000 kept documents)")
     p.add_argument("--keep-work", action="store_true", help="keep _work/ intermediates after success")
     p.add_argument("--no-progress", action="store_true")
+    add_tracking_arguments(p)
 
 
 def _fail(message: str) -> int:
@@ -215,4 +219,5 @@ def run(args) -> int:
         print("pretrain data commoncrawl: warning: " + failure_summary(failed, len(inputs)) + "\n(allowed by "
               f"--max-failed-inputs {args.max_failed_inputs})", file=sys.stderr)
     print(f"wrote {storage.join(args.output, 'manifest.json')}")
+    track_pipeline(args, "commoncrawl", args.output)
     return 0

@@ -116,7 +116,8 @@ def _write_tokenizer(reader, tmp: Path) -> list[str]:
     from pretrain.export.tokenizer import write_hf_tokenizer
 
     ids = reader.state("data.json").get("tokenizer") or {}
-    return write_hf_tokenizer(src.read_bytes(), tmp, ids, max_length=reader.model_config.max_seq_len)
+    return write_hf_tokenizer(src.read_bytes(), tmp, ids, max_length=reader.model_config.max_seq_len,
+                              bert=reader.model_config.family == "bert")
 
 
 def _progress_bar(total: int, enabled: bool):

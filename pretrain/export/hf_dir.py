@@ -97,13 +97,21 @@ def write_hf_config(reader, out: Path, dtype: torch.dtype) -> list[str]:
 
 
 def preprocessor_config(data: dict, model_config) -> dict:
-    """A ``ViTImageProcessor`` config from the normalisation recorded at training time."""
+    """The image processor of the training-time eval transform (``pretrain.data.image``): shorter
+    side resized to ``int(size / crop_pct)``, centre crop of ``size``, rescale, mean/std. ViT's own
+    processor only resizes to a square, so this is ``CLIPImageProcessor``'s resize-and-crop, which
+    ``AutoImageProcessor`` and ``pipeline("image-classification")`` load as they load any other.
+    One difference is left: HF floors the crop offset where torchvision/timm round it, so when the
+    resized margin is odd the crop sits one pixel off."""
     norm = data.get("normalization") or {}
     size = int(norm.get("image_size", model_config.image_size))
-    return {"image_processor_type": "ViTImageProcessor", "do_resize": True, "size": {"height": size, "width": size},
+    shorter = int(norm.get("resize_shorter", int(size / norm.get("crop_pct", 0.875))))
+    return {"image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": shorter},
+            "do_center_crop": True, "crop_size": {"height": size, "width": size},
             "resample": 3 if norm.get("eval_interpolation", "bicubic") == "bicubic" else 2, "do_rescale": True,
             "rescale_factor": norm.get("rescale_factor", 1 / 255), "do_normalize": True,
-            "image_mean": list(norm.get("mean", [0.5, 0.5, 0.5])), "image_std": list(norm.get("std", [0.5, 0.5, 0.5]))}
+            "image_mean": list(norm.get("mean", [0.5, 0.5, 0.5])), "image_std": list(norm.get("std", [0.5, 0.5, 0.5])),
+            "do_convert_rgb": True}
 
 
 def manifest_hash(data: dict) -> str:

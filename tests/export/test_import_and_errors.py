@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pretrain import export_cli, import_cli
+from launch import export_cli, import_cli
 from pretrain.checkpoint import from_checkpoint, load_full_state_dict, load_init_weights
 from pretrain.export import export_checkpoint
 from pretrain.models.hf import load_safetensors_dir

@@ -1,4 +1,4 @@
-"""``pretrain import-hf HF_DIR --out DIR``: a Hugging Face model as a directory to train from.
+"""A Hugging Face model directory -> a directory to train from (``pretrain import-hf``, ``launch/import_cli.py``).
 
 ``checkpoint.init_from=DIR`` starts a run from its weights (continued pretraining, fine-tuning),
 and ``pretrain export DIR`` exports it again unchanged. Every family ``pretrain.models.from_hf``
@@ -12,7 +12,8 @@ converts is accepted (GPT-2, Llama, BERT, ViT). ``DIR`` holds::
     hf_tokenizer/        HF_DIR's own tokenizer files (tokenizer.json, vocab files, ...), if any
     complete.json        every file above with its size and sha256 (as training checkpoints)
 
-Writes go to a temporary sibling renamed into place at the end. Bad input exits 2.
+Writes go to a temporary sibling renamed into place at the end. Bad input raises ValueError,
+KeyError or FileNotFoundError (the command exits 2 on them).
 """
 
 from __future__ import annotations
@@ -22,15 +23,8 @@ import shutil
 import sys
 from pathlib import Path
 
-EXIT_BAD_INPUT = 2
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
                    "merges.txt", "added_tokens.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
-
-
-def add_arguments(p) -> None:
-    p.add_argument("hf_dir", metavar="HF_DIR", help="a transformers directory (config.json + model.safetensors)")
-    p.add_argument("--out", required=True, help="output directory (created; must be empty unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 
 def _data_info(hf_dir: Path, hf_config: dict, family: str) -> dict:
@@ -39,7 +33,7 @@ def _data_info(hf_dir: Path, hf_config: dict, family: str) -> dict:
     if family == "vit":
         pre = hf_dir / "preprocessor_config.json"
         p = json.loads(pre.read_text()) if pre.is_file() else {}
-        size = p.get("size", {}).get("height", hf_config.get("image_size"))
+        size = (p.get("crop_size") or p.get("size") or {}).get("height", hf_config.get("image_size"))
         info["normalization"] = {"image_size": size, "mean": p.get("image_mean", [0.5] * 3),
                                  "std": p.get("image_std", [0.5] * 3),
                                  "rescale_factor": p.get("rescale_factor", 1 / 255),
@@ -96,25 +90,3 @@ def _copy_tokenizer(hf_dir: Path, tmp: Path) -> None:
 
 def _json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def run(args) -> int:
-    try:
-        out = import_hf(args.hf_dir, args.out, overwrite=args.overwrite)
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as e:
-        print(f"pretrain import-hf: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    print(f"pretrain import-hf: wrote {out}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="pretrain import-hf")
-    add_arguments(p)
-    return run(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
