@@ -268,3 +268,36 @@ def test_output_to_s3_without_credentials_exits_2(s3_server, documents, monkeypa
     assert cli.run(_args(cli, ["--input", str(documents / "docs.warc.wet.gz"), "-o", "s3://bucket/elsewhere",
                                *CLI])) == 2
     assert "s3://bucket/elsewhere" in capsys.readouterr().err
+
+
+def test_training_reads_remote_shards_and_checks_them_on_resume(s3_server, local_run, tmp_path):
+    """data.path=s3://...: preflight, the loader (through its local cache), the checkpoint's
+    tokenizer and manifest hash, and resume's identity check all read the remote directory."""
+    import hashlib
+
+    from pretrain.checkpoint import CheckpointError, preflight
+    from pretrain.config import load_config
+    from tests.dist.helpers import REPO, losses, run_train
+
+    local, manifest = local_run
+    for p in sorted(local.rglob("*")):
+        if p.is_file() and "_work" not in p.relative_to(local).parts:
+            storage.write_bytes(f"s3://bucket/train-data/{p.relative_to(local).as_posix()}", p.read_bytes())
+    run_dir = tmp_path / "run"
+    over = ["data.source=shards", "data.path=s3://bucket/train-data", f"data.cache_dir={tmp_path / 'cache'}",
+            f"model.vocab_size={manifest['tokenizer']['vocab_size']}", "model.pad_vocab_multiple=8",
+            "data.seq_len=64", "train.steps=2", "train.eval_every=0", "tracking.enabled=false",
+            f"train.run_dir={run_dir}"]
+    run_train("configs/gpt/debug.yaml", over)
+    assert sorted(losses(run_dir)) == [1, 2]
+    ckpt = run_dir / "checkpoints" / "step00000002"
+    assert (ckpt / "tokenizer.model").read_bytes() == (local / "tokenizer.model").read_bytes()
+    raw = (local / "manifest.json").read_bytes()
+    assert json.loads((ckpt / "data.json").read_text())["manifest_sha256"] == hashlib.sha256(raw).hexdigest()
+    cfg = load_config(REPO / "configs/gpt/debug.yaml", [*over, "checkpoint.resume=auto", "train.steps=3"])
+    assert preflight(cfg, 1) == ckpt  # the remote manifest is the one trained on
+    rebuilt = json.loads(raw)
+    rebuilt["pipeline"] = {**rebuilt.get("pipeline", {}), "rebuilt": True}
+    storage.write_bytes("s3://bucket/train-data/manifest.json", json.dumps(rebuilt).encode())
+    with pytest.raises(CheckpointError, match="not the manifest the checkpoint was trained on"):
+        preflight(cfg, 1)
