@@ -36,11 +36,13 @@ def _fail(msg: str) -> int:
 def _peak(args) -> float:
     if args.peak_flops is not None:
         return args.peak_flops
-    from pretrain.train_setup import PEAK_BF16
+    from pretrain.devices import SHORT_NAMES, peak_flops
 
-    if args.gpu_type not in PEAK_BF16:
-        raise ValueError(f"--gpu-type {args.gpu_type!r}: known {', '.join(PEAK_BF16)}; or give --peak-flops")
-    return PEAK_BF16[args.gpu_type]
+    peak = peak_flops(SHORT_NAMES.get(args.gpu_type.upper(), args.gpu_type))
+    if peak is None:
+        raise ValueError(f"--gpu-type {args.gpu_type!r}: known {', '.join(SHORT_NAMES)} (or a full device name as "
+                         "torch reports it, e.g. 'NVIDIA H100 PCIe'); or give --peak-flops")
+    return peak
 
 
 def _read_fit(path: str) -> dict:

@@ -43,6 +43,13 @@ PEAK_FLOPS_16BIT: dict[str, float] = {
     "AMD Instinct MI325X": 1307.4e12,
 }
 
+# short names for planning (``pretrain scaling plan --gpu-type``): the SXM part where there are several
+SHORT_NAMES: dict[str, str] = {
+    "B200": "NVIDIA B200", "H200": "NVIDIA H200", "H100": "NVIDIA H100 80GB HBM3", "H100-PCIE": "NVIDIA H100 PCIe",
+    "H100-NVL": "NVIDIA H100 NVL", "A100": "NVIDIA A100-SXM4-80GB", "L40S": "NVIDIA L40S", "L4": "NVIDIA L4",
+    "MI300X": "AMD Instinct MI300X",
+}
+
 
 def peak_flops(device_name: str) -> float | None:
     """Dense 16-bit peak FLOP/s of the device called ``device_name`` exactly, or None if unlisted."""

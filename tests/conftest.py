@@ -24,3 +24,17 @@ def shared_data_dir(*parts: str) -> Path:
 @pytest.fixture
 def shared_data():
     return shared_data_dir
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_mlflow_store(tmp_path_factory):
+    """Runs a test does not point elsewhere go to a store of this session, not to ``mlflow.db`` in
+    the checkout (in-process pipeline commands track by default). Tests of the default store unset
+    ``MLFLOW_TRACKING_URI`` themselves."""
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path_factory.mktemp('mlflow-default') / 'mlflow.db'}"
+    yield
+    if saved is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = saved
