@@ -129,17 +129,26 @@ def _loader_batches(run_dir: Path, step: int) -> int:
     return json.loads((run_dir / "checkpoints" / f"step{step:08d}" / "loader" / "rank_00000.json").read_text())["batches"]
 
 
+def _phases(events: list, step: int) -> list[str]:
+    return [e[2] for e in events if e[0] == "mark" and e[1] == step and e[2] in ("data", "forward", "backward",
+                                                                                  "optimizer", "all-reduce")]
+
+
 def test_next_steps_batches_are_read_while_the_step_computes(runs):
     """Step k+1's micro-batches are read right after step k's last backward, before its optimizer
-    step; as many as step k+1 takes under the ramp-up; nothing is read at a step's start after the
-    first, nor after the last step."""
-    expected = Counter({(1, "data", 1): ACCUM[1]})
-    expected.update({(k, "backward", ACCUM[k]): ACCUM[k + 1] for k in range(1, STEPS)})
-    assert _reads_by_phase(runs["straight"]["events"]) == expected
-    # the resumed job reads its first step's batches itself, then reads ahead again
-    resumed = Counter({(3, "data", 1): ACCUM[3]})
-    resumed.update({(k, "backward", ACCUM[k]): ACCUM[k + 1] for k in range(3, STEPS)})
-    assert _reads_by_phase(runs["resumed"]["events"]) == resumed
+    step (the watchdog's phase says "data" meanwhile); as many as step k+1 takes under the ramp-up;
+    nothing is read at a step's start after the first, nor after the last step."""
+    for run, first in (("straight", 1), ("resumed", 3)):
+        events = runs[run]["events"]
+        for k in range(first, STEPS + 1):
+            micro = ["forward", "backward", "optimizer"] * ACCUM[k]
+            if k < STEPS:
+                micro.insert(-1, "data")  # between the last backward and the last optimizer step
+            assert _phases(events, k) == ["data", *micro, "all-reduce"], (run, k)
+        # the first step of a job reads its own batches; every other step's were read ahead
+        expected = Counter({(first, "data", 1): ACCUM[first]})
+        expected.update({(k, "data", 2): ACCUM[k + 1] for k in range(first, STEPS)})
+        assert _reads_by_phase(events) == expected, run
 
 
 def test_checkpointed_loader_state_leaves_the_read_ahead_batches_out(runs):
