@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -264,7 +263,6 @@ def main(argv=None) -> int:
     if args.only:
         keep = set(args.only.split(","))
         cases = [c for c in cases if c[0] in keep]
-    os.environ.setdefault("MASTER_PORT", "29533")
     D.init_distributed()
     results = []
     for name, path, overrides in cases:

@@ -194,6 +194,7 @@ class Trainer:
             dog.mark(step, "backward")
             s.engine.backward(loss)
             if i == accum - 1 and step < self.cfg.train.steps:  # the next step's batches load while this one computes
+                dog.mark(step, "data")  # a read that hangs is named as one, not as this backward pass
                 s.train_iter.prefetch(self._next_accumulation(ramp, per_sample, accum))
             dog.mark(step, "optimizer")
             s.engine.step()

@@ -100,12 +100,14 @@ def test_init_is_deterministic_and_follows_the_rules():
     assert abs(std_resid - 0.02 / (2 * cfg.num_layers) ** 0.5) < 0.001
 
 
+@pytest.mark.parametrize("mode", [True, "attention", 2])  # every block, attention halves, every 2nd block
 @pytest.mark.parametrize("name", ["llama-debug", "bert-debug", "vit-debug"])
-def test_activation_checkpointing_gives_the_same_gradients(name):
+def test_activation_checkpointing_gives_the_same_gradients(name, mode):
     cfg = preset(name)
     a, b = build_model(cfg, seed=3), build_model(cfg, seed=3)
-    b.set_activation_checkpointing(True)
-    assert all(layer.checkpoint for layer in b.layers)
+    b.set_activation_checkpointing(mode)
+    assert [layer.checkpoint for layer in b.layers] == {True: ["block"] * 2, "attention": ["attention"] * 2,
+                                                        2: ["block", "none"]}[mode]
     if cfg.family == "vit":
         batch = {"pixel_values": torch.randn(2, 3, 32, 32), "labels": torch.tensor([1, 2])}
     else:
