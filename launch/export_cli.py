@@ -58,8 +58,7 @@ def run(args) -> int:
 def _record(args, out) -> int:
     """The export on its training run (a failure only warns: the export is written) and, with
     --register, in the model registry (a failure there is the command's: exit 1)."""
-    from pretrain.consolidate import resolve_checkpoint_dir
-
+    from pretrain.checkpoint import resolve_checkpoint_dir
     from pretrain.tracking import record_export
 
     try:

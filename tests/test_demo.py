@@ -1,17 +1,16 @@
 """`make demo` at its reduced size (``--quick``), run once for the session, and every artefact checked:
-shards of both kinds, MLflow runs (two pipelines, three trainings) with metrics and linked datasets,
-checkpoints, three exports recorded and registered, the three pipeline outputs; then a rerun that
-redoes nothing. ``tests/test_browse.py`` browses the same run's MLflow store."""
+shards of both kinds, MLflow runs (two pipelines, three trainings, a sweep parent with six children)
+with metrics and linked datasets, checkpoints, the scaling fit and its plots, three exports recorded
+and registered, the three pipeline outputs; then a rerun that redoes nothing. The run is the session
+fixture ``quick_demo`` (tests/conftest.py): ``tests/test_browse.py`` browses the same MLflow store."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,21 +21,9 @@ pytestmark = pytest.mark.timeout(1800)
 TRAININGS = ("gpt", "bert", "vit")
 
 
-@functools.cache
-def quick_demo() -> tuple[Path, str]:
-    """Run ``python -m launch.demo --quick`` once per test session (both test modules share it);
-    returns (working directory: mlflow.db and out/, the demo's stdout)."""
-    cwd = Path(tempfile.mkdtemp(prefix="pretrain-demo-"))
-    proc = subprocess.run([sys.executable, "-m", "launch.demo", "--out", "out", "--quick"], cwd=cwd,
-                          capture_output=True, text=True, timeout=1500,
-                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return cwd, proc.stdout
-
-
 @pytest.fixture(scope="module")
-def demo():
-    cwd, stdout = quick_demo()
+def demo(quick_demo):
+    cwd, stdout = quick_demo
     return {"cwd": cwd, "out": cwd / "out", "stdout": stdout,
             "state": json.loads((cwd / "out" / "demo_state.json").read_text())}
 
@@ -92,7 +79,7 @@ def test_pipeline_runs_in_mlflow_with_funnel_sample_and_dataset(demo, mlflow_cli
     assert text.data.metrics["funnel/documents"] == counts["stages"][-1]["out"] == counts["total"]["kept"]
     history = mlflow_client.get_metric_history(text.info.run_id, "funnel/documents")
     assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(len(counts["stages"]) + 1))
-    assert text.data.params["vocab_size"] == "2000"
+    assert text.data.params["vocab_size"] == "1000"  # the demo's --vocab-size
     assert images.data.metrics["funnel/train/images"] == 120 and images.data.metrics["val/samples"] == 40
 
 
@@ -114,6 +101,24 @@ def test_training_runs_have_metrics_their_dataset_and_their_export(demo, mlflow_
         assert version.run_id == run.info.run_id and version.source.endswith(f"/exports/{name}")
         exported = {a.path for a in mlflow_client.list_artifacts(run.info.run_id, f"exports/{name}")}
         assert f"exports/{name}/model.safetensors" in exported
+
+
+def test_sweep_parent_with_six_children_and_the_fit(demo, mlflow_client):
+    sweep = demo["state"]["sweep"]
+    parent = mlflow_client.get_run(sweep["parent_run_id"])
+    assert (parent.info.run_name, parent.info.status) == ("demo-sweep", "FINISHED")
+    assert parent.data.tags["scaling.role"] == "sweep" and parent.data.metrics["trials_finished"] == 6
+    children = mlflow_client.search_runs([parent.info.experiment_id],
+                                         f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(children) == 6 and {c.info.status for c in children} == {"FINISHED"}
+    assert len({(c.data.tags["N"], c.data.tags["D"]) for c in children}) == 6  # 3 sizes x 2 budgets
+    # the fit's points are the children's final eval losses, and it is logged to the parent
+    fit = json.loads((demo["cwd"] / sweep["fit"]).read_text())
+    assert {p["label"]: round(p["loss"], 4) for p in fit["points"]} == {
+        c.info.run_id: round(c.data.metrics["eval/loss"], 4) for c in children}
+    logged = {a.path for a in mlflow_client.list_artifacts(parent.info.run_id, "scaling_fit")}
+    assert {f"scaling_fit/{f}" for f in ("fit.json", "loss_vs_N.png", "isoflop.png", "frontier.png")} <= logged
+    assert f"MLflow parent run {parent.info.run_id}" in demo["stdout"] and "sweep 6 trials" in demo["stdout"]
 
 
 def test_pipeline_outputs(demo):

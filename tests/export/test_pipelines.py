@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pretrain.consolidate import from_checkpoint
 
+from pretrain.checkpoint import from_checkpoint
 from pretrain.export import export_checkpoint
 from tests.export.conftest import SAMPLE, run_name
 
