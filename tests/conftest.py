@@ -26,19 +26,18 @@ def shared_data():
     return shared_data_dir
 
 
-
-def run_quick_demo(cwd: Path) -> str:
+def run_quick_demo(cwd: Path, timeout: float = 1500):
     """``python -m launch.demo --out out --quick`` in the working directory ``cwd`` (its mlflow.db,
-    mlruns/ and out/ land there); returns the demo's stdout."""
+    mlruns/ and out/ land there), asserted to succeed; returns the finished process."""
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the demo's own store
     proc = subprocess.run([sys.executable, "-m", "launch.demo", "--out", "out", "--quick"], cwd=cwd,
-                          capture_output=True, text=True, timeout=1500,
+                          capture_output=True, text=True, timeout=timeout,
                           env={**env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return proc.stdout
+    return proc
 
 
 @pytest.fixture(scope="session")
@@ -46,4 +45,4 @@ def quick_demo(tmp_path_factory) -> tuple[Path, str]:
     """The reduced demo, run once per session: (its working directory, its stdout).
     tests/test_demo.py checks its artefacts, tests/test_browse.py browses its MLflow store."""
     cwd = tmp_path_factory.mktemp("demo")
-    return cwd, run_quick_demo(cwd)
+    return cwd, run_quick_demo(cwd).stdout

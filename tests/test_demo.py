@@ -1,21 +1,20 @@
 """`make demo` at its reduced size (``--quick``), run once for the session, and every artefact checked:
 shards of both kinds, MLflow runs (two pipelines, three trainings, a sweep parent with six children)
 with metrics and linked datasets, checkpoints, the scaling fit and its plots, three exports recorded
-and registered, the three pipeline outputs; then a rerun that redoes nothing. The run is the session
-fixture ``quick_demo`` (tests/conftest.py): ``tests/test_browse.py`` browses the same MLflow store."""
+and registered, the three pipeline outputs; then a rerun that redoes nothing and one that resumes a
+stopped training. The run is the session fixture ``quick_demo`` (tests/conftest.py);
+``tests/test_browse.py`` browses the same MLflow store."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
+import shutil
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import run_quick_demo
+
 # the reduced demo takes about 2 minutes on 2 quiet cores; the limit leaves room for a shared machine
 pytestmark = pytest.mark.timeout(1800)
 TRAININGS = ("gpt", "bert", "vit")
@@ -139,11 +138,32 @@ def test_pipeline_outputs(demo):
 def test_rerun_redoes_nothing(demo, mlflow_client):
     """Every finished step is skipped: no new pipeline, training or registry entry, same results."""
     before = {name: r.info.run_id for name, r in _runs(mlflow_client).items()}
-    proc = subprocess.run([sys.executable, "-m", "launch.demo", "--out", "out", "--quick"], cwd=demo["cwd"],
-                          capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run_quick_demo(demo["cwd"], timeout=900)
     assert proc.stdout.count("done in an earlier run") == 10
     assert "$ pretrain" not in proc.stdout
     assert {name: r.info.run_id for name, r in _runs(mlflow_client).items()} == before
     assert json.loads((demo["out"] / "demo_state.json").read_text())["use"] == demo["state"]["use"]
+
+
+def test_rerun_resumes_a_stopped_training(demo, mlflow_client):
+    """The ViT training stopped between its step-4 and step-6 checkpoints (what a kill there
+    leaves): the rerun skips every step before it, continues the training from step 4 in the same
+    MLflow run, then redoes the steps after it (its export, the pipelines)."""
+    ckpts = demo["out"] / "runs" / "vit" / "checkpoints"
+    shutil.rmtree(ckpts / "step00000006")
+    (ckpts / "latest").write_text("step00000004\n")
+    state = json.loads((demo["out"] / "demo_state.json").read_text())
+    for step in ("vit", "export_vit", "use"):
+        del state[step]
+    (demo["out"] / "demo_state.json").write_text(json.dumps(state))
+    before = {name: r.info.run_id for name, r in _runs(mlflow_client).items()}
+    proc = run_quick_demo(demo["cwd"], timeout=900)
+    assert proc.stdout.count("done in an earlier run") == 7
+    assert "resumed from out/runs/vit/checkpoints/step00000004 at step 4" in proc.stdout, proc.stdout[-3000:]
+    assert "fresh start" not in proc.stdout and "$ pretrain train" in proc.stdout
+    trainer = json.loads((ckpts / "step00000006" / "trainer_state.json").read_text())
+    assert (trainer["started_from_step"], trainer["step"]) == (4, 6)
+    assert trainer["mlflow_run_id"] == demo["state"]["vit"]["run_id"]
+    assert {name: r.info.run_id for name, r in _runs(mlflow_client).items()} == before  # no new run
+    after = json.loads((demo["out"] / "demo_state.json").read_text())
+    assert after["vit"]["step"] == 6 and len(after["use"]["classification"]["images"]) == 8
