@@ -7,7 +7,9 @@
    ``pretrain data imagenet`` on it;
 3. ``pretrain train`` with DeepSpeed on 2 CPU ranks: a debug GPT (ZeRO 2) and a debug BERT (ZeRO 1)
    on the text shards, a debug ViT (ZeRO 1) on the image shards, each evaluated and checkpointed;
-4. (the scaling sweep: a marked place below, filled in at merge);
+4. ``pretrain sweep``: a small scaling sweep (3 tiny GPT sizes x 2 token budgets on the text shards,
+   one MLflow parent run with a child run per trial), then ``pretrain scaling fit``: L(N, D) fitted
+   to the trials, its JSON and plots logged to the parent run;
 5. ``pretrain export`` of all three to Hugging Face directories, recorded on their MLflow runs and
    registered in MLflow's model registry;
 6. ``transformers.pipeline`` on the exports: text generation, fill-mask, image classification;
@@ -204,19 +206,46 @@ def unigram_baseline(shards: Path) -> dict:
             "unigram_top1": round(float(val[int(train.argmax())] / val.sum()), 4)}
 
 
+def compile_deepspeed_op() -> None:
+    """DeepSpeed compiles a C++ op (its CPU shared-memory all-reduce) the first time a rank starts
+    on a machine: a minute or two on 2 cores, silently, inside the first training. Done here first,
+    with a line every 10 s; later runs find it cached (``~/.cache/torch_extensions``) in seconds."""
+    import subprocess
+
+    code = ("import deepspeed.ops as ops; from deepspeed.accelerator import get_accelerator; "
+            "b = get_accelerator().create_op_builder('ShareMemCommBuilder'); "
+            "b is not None and ops.__compatible_ops__.get(b.NAME, False) and b.load(verbose=False)")
+    print("DeepSpeed's CPU communication op: compiled on the first training on a machine, then cached", flush=True)
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    while True:
+        try:
+            proc.wait(timeout=10)
+            break
+        except subprocess.TimeoutExpired:
+            print(f"  ... compiling or loading it ({time.perf_counter() - started:.0f}s)", flush=True)
+    if proc.returncode:  # the training will fail with DeepSpeed's own message
+        print(f"demo: compiling DeepSpeed's op failed (exit {proc.returncode}); the training will say why", flush=True)
+
+
 def training(d: Demo, text: dict, images: dict) -> None:
     vocab = text["vocab_size"]
     text_data_args = ["data.source=shards", f"data.path={text['shards']}", f"model.vocab_size={vocab}",
                       "model.pad_vocab_multiple=64", "data.seq_len=128"]
     s = d.size
     print("(each training starts its ranks first: importing torch and DeepSpeed takes a few seconds)", flush=True)
-    d.step("gpt", f"pretrain train: debug GPT, {d.nproc} ranks, ZeRO 2, on the text shards",
-           lambda: train(d, "gpt", "configs/gpt/debug.yaml", s.gpt_steps, [*text_data_args, "parallel.zero_stage=2"]),
+
+    def gpt() -> dict:
+        compile_deepspeed_op()
+        return train(d, "gpt", "configs/gpt/debug.yaml", s.gpt_steps, [*text_data_args, "parallel.zero_stage=2"])
+
+    d.step("gpt", f"pretrain train: debug GPT, {d.nproc} ranks, ZeRO 2, on the text shards", gpt,
            lambda: _latest_step(d.out / "runs" / "gpt") == s.gpt_steps)
     d.step("bert", f"pretrain train: debug BERT, {d.nproc} ranks, ZeRO 1, on the same shards",
            lambda: train(d, "bert", "configs/bert/debug.yaml", s.bert_steps,
+                         # 64-token windows, 32 per rank: ~0.1 lower eval loss than 128 x 8 at 600 steps
                          [*text_data_args, "parallel.zero_stage=1", "data.mlm_probability=0.3", "optim.lr=3e-3",
-                          "schedule.warmup_steps=20"]),
+                          "schedule.warmup_steps=20", "data.seq_len=64", "train.micro_batch_size=32"]),
            lambda: _latest_step(d.out / "runs" / "bert") == s.bert_steps)
     d.step("vit", f"pretrain train: debug ViT, {d.nproc} ranks, ZeRO 1, on the image shards",
            lambda: train(d, "vit", "configs/vit/debug.yaml", s.vit_steps,
@@ -227,14 +256,31 @@ def training(d: Demo, text: dict, images: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# >>> SWEEP STEP (helper "scaling", added at merge) <<<
-# `pretrain sweep` with 6 trials of a debug GPT on the demo's text shards under one MLflow parent
-# run, then `pretrain scaling fit` writing the L(N, D) fit and its plots to that parent. Budget:
-# about 1.5 minutes of the demo's 10; everything else is sized to leave it that room.
+# scaling sweep and fit
 # ------------------------------------------------------------------------------------------------
-def sweep(d: Demo, text: dict) -> dict:
-    print("the scaling sweep (6 trials, a fit and plots in MLflow) is added here at merge", flush=True)
-    return {"added_at_merge": True}
+SWEEP_CONFIG = "configs/scaling/debug.yaml"  # 3 tiny GPTs x 2 token budgets, one rank each
+
+
+def scaling_sweep(d: Demo, text: dict) -> dict:
+    """``pretrain sweep`` (6 trials: MLflow child runs of one parent) on the demo's text shards,
+    then ``pretrain scaling fit`` of their final eval losses, its JSON and plots logged to the
+    parent. A rerun skips finished trials and resumes a stopped one (the sweep's own rerun rule)."""
+    from launch.sweep_cli import sweep
+
+    out = d.out / "runs" / "scaling"
+    overrides = [f"data.path={text['shards']}", f"model.vocab_size={text['vocab_size']}", f"sweep.out={out}",
+                 "sweep.name=demo-sweep", f"tracking.experiment={EXPERIMENT}"]
+    print(f"$ pretrain sweep {SWEEP_CONFIG} {' '.join(overrides)}", flush=True)
+    result = sweep(str(REPO / SWEEP_CONFIG), overrides)
+    if result.exit_code:
+        raise SystemExit(f"demo: the scaling sweep failed (exit {result.exit_code}); rerun to resume it")
+    fit_json = out / "fit" / "fit.json"
+    _cli(["scaling", "fit", "--run", result.parent_run_id, "--out", str(fit_json)])
+    fit = json.loads(fit_json.read_text())
+    return {"dir": str(out), "parent_run_id": result.parent_run_id, "fit": str(fit_json),
+            "plots": [str(p) for p in fit["plots"]],
+            "trials": [{"N": p["N"], "D": p["D"], "loss": round(p["loss"], 4)} for p in fit["points"]],
+            "law": {k: fit[k] for k in ("E", "A", "B", "alpha", "beta")}}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -289,6 +335,12 @@ def summary(d: Demo, elapsed: float) -> None:
         print(f"{name:<5} step {r['step']}: {quality}")
         print(f"      checkpoints {r['run_dir']}/checkpoints, export {st['export_' + name]['dir']}, "
               f"MLflow run {r['run_id']}")
+    sw = st["sweep"]
+    law, losses = sw["law"], [t["loss"] for t in sw["trials"]]
+    print(f"sweep {len(sw['trials'])} trials, eval loss {max(losses):.3f} (smallest, shortest) to {min(losses):.3f}; "
+          f"fit L = {law['E']:.2f} + {law['A']:.3g}/N^{law['alpha']:.2f} + {law['B']:.3g}/D^{law['beta']:.2f} "
+          "(6 tiny points: a smoke test of the path, not a law)")
+    print(f"      trials {sw['dir']}, fit and plots {Path(sw['fit']).parent}, MLflow parent run {sw['parent_run_id']}")
     print()
     print_uses(st["use"])
     print(f"\nbrowse it all: mlflow ui --backend-store-uri sqlite:///mlflow.db   (in {Path.cwd()})")
@@ -312,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     images = d.step("images", "image data: generated labelled folder -> pretrain data imagenet",
                     lambda: image_data(d), lambda: Path(d.out / "data" / "images" / "manifest.json").is_file())
     training(d, text, images)
-    d.step("sweep", "scaling sweep (added at merge)", lambda: sweep(d, text))
+    d.step("sweep", "pretrain sweep: 6 tiny GPTs (3 sizes x 2 token budgets), then pretrain scaling fit",
+           lambda: scaling_sweep(d, text), lambda: Path(d.state.get("sweep", {}).get("fit", "")).is_file())
     for name in ("gpt", "bert", "vit"):
         d.step(f"export_{name}", f"pretrain export {name} -> Hugging Face directory, MLflow model registry",
                lambda name=name: export(d, name), lambda name=name: (d.out / "hf" / name / "config.json").is_file())

@@ -38,3 +38,25 @@ def _private_mlflow_store(tmp_path_factory):
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
+def run_quick_demo(cwd: Path, timeout: float = 1500):
+    """``python -m launch.demo --out out --quick`` in the working directory ``cwd`` (its mlflow.db,
+    mlruns/ and out/ land there), asserted to succeed; returns the finished process."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the demo's own store
+    proc = subprocess.run([sys.executable, "-m", "launch.demo", "--out", "out", "--quick"], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory) -> tuple[Path, str]:
+    """The reduced demo, run once per session: (its working directory, its stdout).
+    tests/test_demo.py checks its artefacts, tests/test_browse.py browses its MLflow store."""
+    cwd = tmp_path_factory.mktemp("demo")
+    return cwd, run_quick_demo(cwd).stdout

@@ -1,7 +1,7 @@
 """Browsing the demo's MLflow store for real: `mlflow server` on 127.0.0.1 over the reduced demo's
-``mlflow.db`` (the run ``tests/test_demo.py`` checks, made once per session), and headless Chromium
-rendering MLflow's UI (a JavaScript app): the experiment page lists the demo's runs, a run page
-shows its metrics."""
+``mlflow.db`` (the session fixture ``quick_demo`` of tests/conftest.py, which tests/test_demo.py
+checks), and headless Chromium rendering MLflow's UI (a JavaScript app): the experiment page lists
+the demo's runs, a run page shows its metrics."""
 
 from __future__ import annotations
 
@@ -15,12 +15,11 @@ from pathlib import Path
 import pytest
 
 from tests.mlflow_server import Server
-from tests.test_demo import quick_demo
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-dev-shm-usage", "--virtual-time-budget=20000"]
-pytestmark = pytest.mark.timeout(1800)  # the first module to run makes the reduced demo (tests/test_demo.py)
+pytestmark = pytest.mark.timeout(1800)  # the first test to need it makes the reduced demo (quick_demo)
 
 
 def _chromium() -> str:
@@ -47,8 +46,8 @@ class DemoStoreServer(Server):
 
 
 @pytest.fixture(scope="module")
-def server():
-    cwd, _ = quick_demo()
+def server(quick_demo):
+    cwd, _ = quick_demo
     srv = DemoStoreServer(cwd)
     srv.start()
     yield srv
@@ -83,7 +82,7 @@ def rendered_text(url: str, tmp_path: Path, want: list[str], tries: int = 4) -> 
 
 def test_experiment_page_lists_the_demo_runs(server, demo_runs, tmp_path):
     exp_id, runs = demo_runs
-    want = ["demo-gpt", "demo-bert", "demo-vit", "commoncrawl text", "imagenet images"]
+    want = ["demo-gpt", "demo-bert", "demo-vit", "commoncrawl text", "imagenet images", "demo-sweep"]
     assert set(want) <= set(runs)
     text = rendered_text(f"{server.uri}/#/experiments/{exp_id}/runs", tmp_path, want)
     # the datasets column: training runs read the shards the pipeline runs wrote
@@ -99,4 +98,5 @@ def test_run_page_shows_the_runs_metrics(server, demo_runs, tmp_path):
                          ["demo-vit", "eval/top1", "Registered models"])
     shown = re.search(r"eval/top1 ([0-9.]+)", text)
     assert shown is not None and abs(float(shown.group(1)) - value) < 1e-6, text[:3000]
-    assert "demo-vit v1" in text and f"export.path : {run.data.tags['export.path']}" in text
+    version = run.data.tags["export.registered"].rsplit("/", 1)[1]  # 2 after test_demo's resumed rerun
+    assert f"demo-vit v{version}" in text and f"export.path : {run.data.tags['export.path']}" in text

@@ -1,42 +1,28 @@
 """`make demo` at its reduced size (``--quick``), run once for the session, and every artefact checked:
-shards of both kinds, MLflow runs (two pipelines, three trainings) with metrics and linked datasets,
-checkpoints, three exports recorded and registered, the three pipeline outputs; then a rerun that
-redoes nothing. ``tests/test_browse.py`` browses the same run's MLflow store."""
+shards of both kinds, MLflow runs (two pipelines, three trainings, a sweep parent with six children)
+with metrics and linked datasets, checkpoints, the scaling fit and its plots, three exports recorded
+and registered, the three pipeline outputs; then a rerun that redoes nothing and one that resumes a
+stopped training. The run is the session fixture ``quick_demo`` (tests/conftest.py);
+``tests/test_browse.py`` browses the same MLflow store."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import os
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
+import shutil
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import run_quick_demo
+
 # the reduced demo takes about 2 minutes on 2 quiet cores; the limit leaves room for a shared machine
 pytestmark = pytest.mark.timeout(1800)
 TRAININGS = ("gpt", "bert", "vit")
 
 
-@functools.cache
-def quick_demo() -> tuple[Path, str]:
-    """Run ``python -m launch.demo --quick`` once per test session (both test modules share it);
-    returns (working directory: mlflow.db and out/, the demo's stdout)."""
-    cwd = Path(tempfile.mkdtemp(prefix="pretrain-demo-"))
-    proc = subprocess.run([sys.executable, "-m", "launch.demo", "--out", "out", "--quick"], cwd=cwd,
-                          capture_output=True, text=True, timeout=1500,
-                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return cwd, proc.stdout
-
-
 @pytest.fixture(scope="module")
-def demo():
-    cwd, stdout = quick_demo()
+def demo(quick_demo):
+    cwd, stdout = quick_demo
     return {"cwd": cwd, "out": cwd / "out", "stdout": stdout,
             "state": json.loads((cwd / "out" / "demo_state.json").read_text())}
 
@@ -92,7 +78,7 @@ def test_pipeline_runs_in_mlflow_with_funnel_sample_and_dataset(demo, mlflow_cli
     assert text.data.metrics["funnel/documents"] == counts["stages"][-1]["out"] == counts["total"]["kept"]
     history = mlflow_client.get_metric_history(text.info.run_id, "funnel/documents")
     assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(len(counts["stages"]) + 1))
-    assert text.data.params["vocab_size"] == "2000"
+    assert text.data.params["vocab_size"] == "1000"  # the demo's --vocab-size
     assert images.data.metrics["funnel/train/images"] == 120 and images.data.metrics["val/samples"] == 40
 
 
@@ -116,6 +102,24 @@ def test_training_runs_have_metrics_their_dataset_and_their_export(demo, mlflow_
         assert f"exports/{name}/model.safetensors" in exported
 
 
+def test_sweep_parent_with_six_children_and_the_fit(demo, mlflow_client):
+    sweep = demo["state"]["sweep"]
+    parent = mlflow_client.get_run(sweep["parent_run_id"])
+    assert (parent.info.run_name, parent.info.status) == ("demo-sweep", "FINISHED")
+    assert parent.data.tags["scaling.role"] == "sweep" and parent.data.metrics["trials_finished"] == 6
+    children = mlflow_client.search_runs([parent.info.experiment_id],
+                                         f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(children) == 6 and {c.info.status for c in children} == {"FINISHED"}
+    assert len({(c.data.tags["N"], c.data.tags["D"]) for c in children}) == 6  # 3 sizes x 2 budgets
+    # the fit's points are the children's final eval losses, and it is logged to the parent
+    fit = json.loads((demo["cwd"] / sweep["fit"]).read_text())
+    assert {p["label"]: round(p["loss"], 4) for p in fit["points"]} == {
+        c.info.run_id: round(c.data.metrics["eval/loss"], 4) for c in children}
+    logged = {a.path for a in mlflow_client.list_artifacts(parent.info.run_id, "scaling_fit")}
+    assert {f"scaling_fit/{f}" for f in ("fit.json", "loss_vs_N.png", "isoflop.png", "frontier.png")} <= logged
+    assert f"MLflow parent run {parent.info.run_id}" in demo["stdout"] and "sweep 6 trials" in demo["stdout"]
+
+
 def test_pipeline_outputs(demo):
     use = demo["state"]["use"]
     gen = use["generation"]
@@ -134,11 +138,32 @@ def test_pipeline_outputs(demo):
 def test_rerun_redoes_nothing(demo, mlflow_client):
     """Every finished step is skipped: no new pipeline, training or registry entry, same results."""
     before = {name: r.info.run_id for name, r in _runs(mlflow_client).items()}
-    proc = subprocess.run([sys.executable, "-m", "launch.demo", "--out", "out", "--quick"], cwd=demo["cwd"],
-                          capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run_quick_demo(demo["cwd"], timeout=900)
     assert proc.stdout.count("done in an earlier run") == 10
     assert "$ pretrain" not in proc.stdout
     assert {name: r.info.run_id for name, r in _runs(mlflow_client).items()} == before
     assert json.loads((demo["out"] / "demo_state.json").read_text())["use"] == demo["state"]["use"]
+
+
+def test_rerun_resumes_a_stopped_training(demo, mlflow_client):
+    """The ViT training stopped between its step-4 and step-6 checkpoints (what a kill there
+    leaves): the rerun skips every step before it, continues the training from step 4 in the same
+    MLflow run, then redoes the steps after it (its export, the pipelines)."""
+    ckpts = demo["out"] / "runs" / "vit" / "checkpoints"
+    shutil.rmtree(ckpts / "step00000006")
+    (ckpts / "latest").write_text("step00000004\n")
+    state = json.loads((demo["out"] / "demo_state.json").read_text())
+    for step in ("vit", "export_vit", "use"):
+        del state[step]
+    (demo["out"] / "demo_state.json").write_text(json.dumps(state))
+    before = {name: r.info.run_id for name, r in _runs(mlflow_client).items()}
+    proc = run_quick_demo(demo["cwd"], timeout=900)
+    assert proc.stdout.count("done in an earlier run") == 7
+    assert "resumed from out/runs/vit/checkpoints/step00000004 at step 4" in proc.stdout, proc.stdout[-3000:]
+    assert "fresh start" not in proc.stdout and "$ pretrain train" in proc.stdout
+    trainer = json.loads((ckpts / "step00000006" / "trainer_state.json").read_text())
+    assert (trainer["started_from_step"], trainer["step"]) == (4, 6)
+    assert trainer["mlflow_run_id"] == demo["state"]["vit"]["run_id"]
+    assert {name: r.info.run_id for name, r in _runs(mlflow_client).items()} == before  # no new run
+    after = json.loads((demo["out"] / "demo_state.json").read_text())
+    assert after["vit"]["step"] == 6 and len(after["use"]["classification"]["images"]) == 8
