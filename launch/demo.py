@@ -52,10 +52,11 @@ class Size:
     vit_steps: int = 300
     log_every: int = 25
     checkpoint_every: int = 100
+    sweep_tokens: tuple[int, int] = (10240, 40960)  # D per sweep trial: 40 and 160 steps of 8 x 32 tokens
 
 
 QUICK = Size(articles=40, val_fraction=0.3, sample_tokens=512, images=(12, 4), gpt_steps=6, bert_steps=6,
-             vit_steps=6, log_every=3, checkpoint_every=4)
+             vit_steps=6, log_every=3, checkpoint_every=4, sweep_tokens=(2560, 5120))
 
 
 @dataclass
@@ -266,12 +267,17 @@ def scaling_sweep(d: Demo, text: dict) -> dict:
     then ``pretrain scaling fit`` of their final eval losses, its JSON and plots logged to the
     parent. A rerun skips finished trials and resumes a stopped one (the sweep's own rerun rule)."""
     from launch.sweep_cli import sweep
+    from pretrain.config import ConfigError
 
     out = d.out / "runs" / "scaling"
     overrides = [f"data.path={text['shards']}", f"model.vocab_size={text['vocab_size']}", f"sweep.out={out}",
-                 "sweep.name=demo-sweep", f"tracking.experiment={EXPERIMENT}"]
+                 "sweep.name=demo-sweep", f"sweep.tokens=[{','.join(map(str, d.size.sweep_tokens))}]",
+                 f"tracking.experiment={EXPERIMENT}"]
     print(f"$ pretrain sweep {SWEEP_CONFIG} {' '.join(overrides)}", flush=True)
-    result = sweep(str(REPO / SWEEP_CONFIG), overrides)
+    try:
+        result = sweep(str(REPO / SWEEP_CONFIG), overrides)
+    except ConfigError as e:
+        raise SystemExit(f"demo: pretrain sweep: {e}") from None
     if result.exit_code:
         raise SystemExit(f"demo: the scaling sweep failed (exit {result.exit_code}); rerun to resume it")
     fit_json = out / "fit" / "fit.json"
@@ -343,7 +349,9 @@ def summary(d: Demo, elapsed: float) -> None:
     print(f"      trials {sw['dir']}, fit and plots {Path(sw['fit']).parent}, MLflow parent run {sw['parent_run_id']}")
     print()
     print_uses(st["use"])
-    print(f"\nbrowse it all: mlflow ui --backend-store-uri sqlite:///mlflow.db   (in {Path.cwd()})")
+    from pretrain.tracking import resolve_uri
+
+    print(f"\nbrowse it all: mlflow ui --backend-store-uri {resolve_uri(None)}   (in {Path.cwd()})")
     print(f"results: {d.state_file}")
 
 

@@ -153,6 +153,7 @@ def test_checksum_mismatch_is_refused(broken, tmp_path, capsys):
     data = bytearray(p.read_bytes())
     data[len(data) // 2] ^= 0xFF
     p.write_bytes(bytes(data))
+    # "<file>: sha256 <have>... but complete.json records <want>... (corrupt or changed)"
     _export_fails(broken, tmp_path, capsys, "zero_pp_rank_0_mp_rank_00_model_states.pt: sha256 ")
 
 
