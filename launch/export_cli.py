@@ -8,7 +8,7 @@ left in ``--out`` then.
 The export is then recorded on the MLflow run that trained the checkpoint (tags ``export.*``, the
 card and configs as artifacts; ``--no-tracking`` skips it, a store that cannot be reached only
 warns), and ``--register NAME`` adds it to MLflow's model registry (exit 1 when that fails; the
-export stays). See ``pretrain.tracking.record_export``.
+export stays). See ``pretrain.export.record``.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def _record(args, out) -> int:
     """The export on its training run (a failure only warns: the export is written) and, with
     --register, in the model registry (a failure there is the command's: exit 1)."""
     from pretrain.checkpoint import resolve_checkpoint_dir
-    from pretrain.tracking import record_export
+    from pretrain.export.record import record_export
 
     try:
         done = record_export(resolve_checkpoint_dir(args.checkpoint), out, uri=args.tracking_uri,
