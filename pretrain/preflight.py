@@ -49,7 +49,7 @@ def check_data(cfg: Config) -> None:
     except OSError as e:
         raise ConfigError([("data.path", cfg.data.path, str(e))]) from None
     try:  # every listed shard there with its size; the loaders' own checks: shard kind and tokenizer size
-        check_shards(cfg)
+        check_shards(cfg, manifest)
         build_spec(cfg, "train", 0, 1, train=True)
     except (ValueError, OSError) as e:
         raise ConfigError([("data.path", cfg.data.path, str(e))]) from None

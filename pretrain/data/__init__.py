@@ -41,13 +41,13 @@ def manifest_sha256(path: str) -> str:
     return storage.sha256(storage.join(path, "manifest.json"))
 
 
-def check_shards(cfg: Config) -> None:
-    """Before any rank starts: ``data.path`` has a manifest and every shard it lists is there with
-    its listed size (sha256s are checked by the loaders, see ``shard_store.py``). Raises
-    FileNotFoundError or ShardError naming what is wrong."""
+def check_shards(cfg: Config, manifest: dict | None = None) -> None:
+    """Before any rank starts: ``data.path`` has a manifest (``manifest``, when the caller read it
+    already) and every shard it lists is there with its listed size (sha256s are checked by the
+    loaders, see ``shard_store.py``). Raises FileNotFoundError or ShardError naming what is wrong."""
     if cfg.data.source != "shards":
         return
-    manifest = read_manifest(cfg.data.path)
+    manifest = manifest if manifest is not None else read_manifest(cfg.data.path)
     for split in manifest.get("splits", {}).values():
         store = ShardStore(cfg.data.path, split.get("shards", []), cfg.data.verify, cfg.data.cache_dir,
                            cfg.data.cache_gb)
