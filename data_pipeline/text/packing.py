@@ -155,6 +155,8 @@ def write_text_shard(out_dir: str, rel_path: str, split: str, shard_index: int, 
     target = storage.join(out_dir, rel_path)
     with storage.atomic_output(target) as f, storage.errors_named(target):
         info = write_samples(f, rel_path, _encoded(split, shard_index, pieces, token_prefix, dtype, totals))
-    entry = {**info.to_dict(), **totals}
-    write_json(record_path, {**entry, "plan": plan})
+        entry = {**info.to_dict(), **totals}
+        # recorded before the shard appears: a shard in the output always has its record (a task
+        # stopped in between leaves a record whose file is missing, which shard_record_ok rejects)
+        write_json(record_path, {**entry, "plan": plan})
     return entry

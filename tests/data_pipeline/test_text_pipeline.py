@@ -480,7 +480,9 @@ def test_disk_full_while_writing_shards_names_the_file_and_leaves_nothing_half_w
         assert not list(small.rglob("*.tmp-*")) and not (small / "out" / "manifest.json").exists()
         records = {json.loads(p.read_text())["path"] for p in (tmp_path / "work").glob("tokens-*/shards/*.json")}
         written = {p.relative_to(small / "out").as_posix() for p in (small / "out").glob("*/*.tar")}
-        assert written == records  # every shard there is a finished, recorded one
+        # every shard there is a finished, recorded one (a record may outlive a shard whose write
+        # failed or was stopped: the rerun checks each recorded shard's bytes before reusing it)
+        assert written <= records, (written, records)
         subprocess.run(["mount", "-o", "remount,size=16m", str(small)], check=True)
         assert cli.run(_parse(cli, argv)) == 0
         _same_as_reference(small / "out", reference)

@@ -89,7 +89,9 @@ def test_killed_and_signalled_jobs_resume_exactly(reference, tmp_path):
     out, steps = chain.job("kill@collective:r5/1", ok=False)  # random.Random(5) draws step 8 of 4..12
     assert "fault drill now: kill at collective of step 8 on rank 1" in out
     _resumed_at(out, run_dir, 3)  # the torn step-6 save was never used
-    assert steps == [4, 5, 6, 7] and _latest(run_dir) == "step00000006"
+    # rank 1 dies with step 8's all-reduce in flight: gloo may already have delivered its share, so
+    # rank 0 can finish step 8's reduce and record it before it sees the loss; nothing past step 8
+    assert steps in ([4, 5, 6, 7], [4, 5, 6, 7, 8]) and _latest(run_dir) == "step00000006"
 
     out, steps = chain.job("term@step:9", ok=True)  # SIGTERM to the launcher process only
     _resumed_at(out, run_dir, 6)
