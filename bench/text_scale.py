@@ -58,12 +58,15 @@ print("RESULT " + json.dumps({"seconds": round(seconds, 1), "driver_peak_rss_mib
 
 def run_tree(tree: Path, files: list[str], out: Path, cpus: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree), "RAY_DEDUP_LOGS": "0"}
+    load_before = os.getloadavg()[0]
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(files), str(out), str(cpus)], cwd=tree, env=env,
                           capture_output=True, text=True)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if proc.returncode or line is None:
         raise RuntimeError(f"{tree}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
-    return json.loads(line[len("RESULT "):])
+    # the machine's 1-minute load average before and after: times on a shared machine need it
+    return json.loads(line[len("RESULT "):]) | {"load_before": round(load_before, 2),
+                                                "load_after": round(os.getloadavg()[0], 2)}
 
 
 def _synth_file(job: tuple) -> None:

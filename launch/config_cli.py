@@ -20,7 +20,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from pretrain.config import ConfigError, deepspeed_config, load_config, to_yaml
+    from pretrain.config import ConfigError, load_config, to_yaml
+    from pretrain.deepspeed_json import deepspeed_config
 
     try:
         cfg = load_config(None if args.config == "default" else args.config, args.overrides)

@@ -14,7 +14,8 @@ from torch import nn
 from pretrain import checkpoint as C
 from pretrain import distributed as D
 from pretrain import faults
-from pretrain.config import Config, deepspeed_config, global_batch, layout, resolved_grad_accum_dtype, to_yaml
+from pretrain.config import Config, global_batch, layout, to_yaml
+from pretrain.deepspeed_json import deepspeed_config, resolved_grad_accum_dtype
 from pretrain.devices import peak_description, peak_flops_per_rank, use_deterministic_algorithms
 
 

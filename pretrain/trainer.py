@@ -25,7 +25,6 @@ from pretrain import distributed as D
 from pretrain import faults, signals
 from pretrain.config import (
     Config,
-    deepspeed_config,
     dp_size,
     global_batch,
     global_batch_at,
@@ -33,6 +32,7 @@ from pretrain.config import (
     layout,
     to_yaml,
 )
+from pretrain.deepspeed_json import deepspeed_config
 from pretrain.train_setup import Setup, build_setup, grad_norm, loss_scale_can_fall, to_device
 from pretrain.watchdog import Watchdog, default_store
 

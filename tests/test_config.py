@@ -14,11 +14,11 @@ from launch.cli import main
 from pretrain.config import (
     ConfigError,
     config_from_dict,
-    deepspeed_config,
     flatten,
     load_config,
     to_dict,
 )
+from pretrain.deepspeed_json import deepspeed_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
@@ -239,7 +239,7 @@ def _bf16(stage: int, glob: int | None, **parallel) -> dict:
     (0, 16, None),  # ZeRO 0: DeepSpeed has no fp32 accumulation; auto keeps bf16 (fp32 is refused)
 ])
 def test_bf16_accumulates_in_fp32_where_deepspeed_can(stage, glob, expected):
-    from pretrain.config import resolved_grad_accum_dtype
+    from pretrain.deepspeed_json import resolved_grad_accum_dtype
 
     cfg = config_from_dict(_bf16(stage, glob))
     ds = deepspeed_config(cfg, 2)

@@ -34,7 +34,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from pretrain.config import Config, ModelConfig, comm_bucket_elements, dp_size, resolved_grad_accum_dtype
+from pretrain.config import Config, ModelConfig, dp_size
+from pretrain.deepspeed_json import comm_bucket_elements, resolved_grad_accum_dtype
 from pretrain.models.core import checkpointed_blocks
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
