@@ -147,7 +147,7 @@ class NullTracker:
     def log_artifacts(self, path, artifact_path: str | None = None) -> None: ...
     def log_text(self, text: str, artifact_file: str) -> None: ...
     def log_loss_plot(self, filename: str = "loss_curve.png") -> None: ...
-    def log_input(self, data_dir, context: str = "train") -> None: ...
+    def log_input(self, data_dir, context: str = "train", manifest: bytes | None = None) -> None: ...
 
     def flush(self, timeout: float = 10.0) -> bool:
         return True
@@ -271,13 +271,14 @@ class Tracker(NullTracker):
         plot_curves(history, path)
         self._enqueue(("artifact", str(path), "plots", False))
 
-    def log_input(self, data_dir, context: str = "train") -> None:
+    def log_input(self, data_dir, context: str = "train", manifest: bytes | None = None) -> None:
         """Link the shard directory ``data_dir`` to the run as an MLflow dataset input (name,
-        manifest sha256, path; ``data_pipeline.shards.shard_dataset``), read now, sent later."""
+        manifest sha256, path; ``data_pipeline.shards.shard_dataset``), read now (unless the caller
+        passes the ``manifest`` bytes it read already), sent later."""
         from data_pipeline import storage
         from data_pipeline.shards import shard_dataset
 
-        raw = storage.read_bytes(storage.join(str(data_dir), "manifest.json"))  # local or remote
+        raw = manifest if manifest is not None else storage.read_bytes(storage.join(str(data_dir), "manifest.json"))
         self._enqueue(("input", shard_dataset(data_dir, raw), context))
 
     @property

@@ -338,5 +338,5 @@ def log_run_metadata(tracker, cfg: Config, world: int, dp: int) -> None:
 
         manifest = storage.read_bytes(storage.join(cfg.data.path, "manifest.json"))  # local or remote
         tracker.log_text(manifest.decode(), "data/manifest.json")
-        tracker.log_input(cfg.data.path)  # the dataset: name, manifest sha256, path
+        tracker.log_input(cfg.data.path, manifest=manifest)  # the dataset: name, manifest sha256, path
 
