@@ -193,10 +193,13 @@ class Loader:
     def _open(self, state: dict) -> Iterator[dict]:
         if self.num_workers == 0:
             return batch_stream(self.spec, state)
-        # page-locked batches on GPU machines: the trainer's non_blocking host-to-device copies overlap
+        # page-locked batches on GPU machines: the trainer's non_blocking host-to-device copies overlap.
+        # Its own generator: without one, every DataLoader iterator draws its workers' base seed from
+        # torch's global RNG, so a resumed run (or an eval pass) would shift the dropout masks of
+        # every later step; the streams take no randomness from it (they seed from the spec).
         dl = DataLoader(_WorkerStream(self.spec, dict(state)), batch_size=None, num_workers=self.num_workers,
                         worker_init_fn=_worker_init, prefetch_factor=self.prefetch_factor,
-                        pin_memory=torch.cuda.is_available())
+                        pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(self.spec.seed))
         return iter(dl)
 
     def __iter__(self):

@@ -186,6 +186,22 @@ def test_worker_count_does_not_change_the_stream(shards):
         assert torch.equal(next(a)["input_ids"], next(b)["input_ids"])
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loaders_leave_torchs_global_rng_alone(shards, workers):
+    """Starting a train stream (as a resumed run does) or an eval pass draws nothing from torch's
+    global RNG: the model's dropout masks after a resume or an eval are those of the straight run."""
+    root, _ = shards
+    cfg = cfg_for(root, workers=workers)
+    torch.manual_seed(7)
+    want = torch.rand(4)
+    torch.manual_seed(7)
+    train = build_loader(cfg, "train", 0, 1, True)
+    next(train)
+    list(build_loader(cfg, "val", 0, 1, False))
+    train.close()
+    assert torch.equal(torch.rand(4), want)
+
+
 def test_resume_state_mismatch_is_refused(shards):
     root, _ = shards
     state = build_loader(cfg_for(root), "train", 0, 2, True).state_dict()
