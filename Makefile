@@ -30,4 +30,4 @@ demo: setup
 	$(BIN)/python -m launch.demo $(DEMO_ARGS)
 
 clean:
-	rm -rf $(VENV) runs mlruns mlflow.db
+	rm -rf $(VENV) runs mlruns mlflow.db out
