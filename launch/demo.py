@@ -8,7 +8,8 @@
 3. ``pretrain train`` with DeepSpeed on 2 CPU ranks: a debug GPT (ZeRO 2) and a debug BERT (ZeRO 1)
    on the text shards, a debug ViT (ZeRO 1) on the image shards, each evaluated and checkpointed;
 4. ``pretrain sweep``: a small scaling sweep (3 tiny GPT sizes x 2 token budgets on the text shards,
-   one MLflow parent run with a child run per trial), then ``pretrain scaling fit``: L(N, D) fitted
+   the trials as tasks on an embedded Ray, one per core at a time; one MLflow parent run with a
+   child run per trial), then ``pretrain scaling fit``: L(N, D) fitted
    to the trials, its JSON and plots logged to the parent run;
 5. ``pretrain export`` of all three to Hugging Face directories, recorded on their MLflow runs and
    registered in MLflow's model registry;
@@ -273,9 +274,9 @@ def scaling_sweep(d: Demo, text: dict) -> dict:
     overrides = [f"data.path={text['shards']}", f"model.vocab_size={text['vocab_size']}", f"sweep.out={out}",
                  "sweep.name=demo-sweep", f"sweep.tokens=[{','.join(map(str, d.size.sweep_tokens))}]",
                  f"tracking.experiment={EXPERIMENT}"]
-    print(f"$ pretrain sweep {SWEEP_CONFIG} {' '.join(overrides)}", flush=True)
-    try:
-        result = sweep(str(REPO / SWEEP_CONFIG), overrides)
+    print(f"$ pretrain sweep {SWEEP_CONFIG} {' '.join(overrides)} --ray-address local", flush=True)
+    try:  # the trials as Ray tasks on an embedded Ray: one per core at a time
+        result = sweep(str(REPO / SWEEP_CONFIG), overrides, ray_address="local")
     except ConfigError as e:
         raise SystemExit(f"demo: pretrain sweep: {e}") from None
     if result.exit_code:
