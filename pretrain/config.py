@@ -537,9 +537,10 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------
-# DeepSpeed JSON
+# merging (includes here; the deepspeed pass-through section in pretrain.deepspeed_json)
 # ----------------------------------------------------------------------------------------------
 def deep_merge(base: dict, extra: dict) -> dict:
+    """``extra`` over ``base``: nested mappings merge key by key, anything else is replaced."""
     out = copy.deepcopy(base)
     for k, v in extra.items():
         out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
