@@ -298,15 +298,17 @@ class Trainer:
             "mlflow_run_id": s.tracker.run_id, "family": s.family,
             "last_loss": self.result.losses.get(step), "command": " ".join(sys.argv),
         }
-        shared = {
-            "config.yaml": to_yaml(cfg).encode(),
-            "deepspeed.json": _json_bytes(deepspeed_config(cfg, D.world_size())),
-            "trainer_state.json": _json_bytes(state),
-            "data.json": _json_bytes(s.data_info),
-        }
-        tok = C.copy_if_exists(s.data_info.get("tokenizer_path"))
-        if tok is not None:
-            shared["tokenizer.model"] = tok
+        shared: dict[str, bytes] = {}
+        if D.rank() == 0:  # C.save writes rank 0's shared files only: the other ranks need not build them
+            shared = {
+                "config.yaml": to_yaml(cfg).encode(),
+                "deepspeed.json": _json_bytes(deepspeed_config(cfg, D.world_size())),
+                "trainer_state.json": _json_bytes(state),
+                "data.json": _json_bytes(s.data_info),
+            }
+            tok = C.copy_if_exists(s.data_info.get("tokenizer_path"))  # local or remote: a GET per save
+            if tok is not None:
+                shared["tokenizer.model"] = tok
         tag_dir = C.save(s.engine, cfg.train.run_dir, step,
                          rank_files={"loader": s.train_loader.state_dict(), "rng": C.rng_state()},
                          shared_files=shared, keep_last=cfg.checkpoint.keep_last,
